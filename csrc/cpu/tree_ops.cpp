@@ -1,0 +1,2 @@
+#include "lrm/tree_ops.h"
+namespace lrm { int answer() { return 42; } }
