@@ -1,0 +1,143 @@
+"""The common base of the text math tasks (GSM8K, MATH-500): JSONL splits, prompts, grading."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from lrm_engine.core.interfaces import Example, Problem, StepConvention
+
+from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir
+from .grading import DEFAULT_TIMEOUT, extract_boxed, last_number, math_equal
+
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?(.+?)\$?(?:\.\s*$|\n|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MathStepConvention(StepConvention):
+    r"""A step convention whose final answer may also be written ``\boxed{...}``.
+
+    Extraction order: with ``boxed_first`` the last ``\boxed{}`` wins, then the answer prefix;
+    without it the answer prefix wins, then ``\boxed{}``. Then "the answer is X", then (when
+    ``last_number_fallback``) the last number in the text.
+    """
+
+    # Prefer \boxed{} over the answer prefix (MATH style) rather than the reverse (GSM8K).
+    boxed_first: bool = False
+    # As a last resort, take the last number written in the text.
+    last_number_fallback: bool = False
+
+    def _prefix_answer(self, text: str) -> str | None:
+        return StepConvention.extract_answer(self, text)
+
+    def extract_answer(self, text: str) -> str | None:
+        order = (extract_boxed, self._prefix_answer)
+        if not self.boxed_first:
+            order = order[::-1]
+        for f in order:
+            a = f(text)
+            if a is not None and a.strip():
+                return a.strip()
+        m = None
+        for m in _ANSWER_IS.finditer(text):
+            pass
+        if m is not None and m.group(1).strip():
+            return m.group(1).strip()
+        if self.last_number_fallback:
+            return last_number(text)
+        return None
+
+
+class JsonlMathTask(PromptMixin):
+    """A task whose splits are ``<path>/<split>.jsonl`` files of math word problems."""
+
+    name = "jsonl_math"
+    folder = ""  # the task's folder under the data root
+    splits: tuple[str, ...] = ("test",)
+    required_fields: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        path: str | None = None,
+        limit: int | None = None,
+        prompt_style: str = "plain",
+        prompt_template: str = "{question}\n",
+        system_prompt: str = "",
+        delimiter: str = "\n",
+        answer_prefix: str = "Answer: ",
+        grade_timeout: float = DEFAULT_TIMEOUT,
+    ):
+        self.path = path
+        self.limit = limit
+        self.prompt_style = prompt_style
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.grade_timeout = grade_timeout
+        self.step = self._make_step(delimiter, answer_prefix)
+        self._check_prompt_style()
+        self._cache: dict[str, list[Example]] = {}
+        self._stats: dict[str, JsonlStats] = {}
+
+    # -- to override -------------------------------------------------------------------
+    def _make_step(self, delimiter: str, answer_prefix: str) -> StepConvention:
+        return MathStepConvention(delimiter=delimiter, answer_prefix=answer_prefix)
+
+    def _to_example(self, split: str, index: int, rec: dict[str, Any]) -> Example:
+        raise NotImplementedError
+
+    # -- data ----------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return resolve_task_dir(self.path, self.folder)
+
+    def split_file(self, split: str) -> Path:
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; splits are {list(self.splits)}")
+        return require_file(self.data_dir / f"{split}.jsonl", task=self.name, folder=self.folder)
+
+    @property
+    def skipped_lines(self) -> int:
+        """Malformed lines skipped over every split read so far (each logged with its line)."""
+        return sum(s.skipped_lines for s in self._stats.values())
+
+    def load(self, split: str) -> list[Example]:
+        if split not in self._cache:
+            file = self.split_file(split)
+            stats = self._stats[split] = JsonlStats()
+            out = []
+            for lineno, rec in read_jsonl(file, stats, self.required_fields):
+                try:
+                    out.append(self._to_example(split, lineno - 1, rec))
+                except (TypeError, ValueError) as e:
+                    import logging
+
+                    logging.getLogger("lrm_engine.tasks").warning(
+                        "%s:%d: skipped malformed record: %s", file, lineno, e
+                    )
+                    stats.skipped_lines += 1
+                    stats.skipped.append((str(file), lineno, str(e)))
+            self._cache[split] = out
+        data = self._cache[split]
+        return data if self.limit is None else data[: self.limit]
+
+    def examples(self, split: str = "test") -> Iterator[Example]:
+        return iter(self.load(split))
+
+    # -- grading --------------------------------------------------------------------------
+    def extract_answer(self, solution: str) -> str | None:
+        return self.step.extract_answer(solution)
+
+    def grade(self, example: Example, solution: str) -> bool:
+        """Whether the solution's final answer is mathematically equal to the reference."""
+        return math_equal(self.extract_answer(solution), example.reference, self.grade_timeout)
+
+    def gold_solution(self, example: Example) -> str:
+        """The gold solution as text in this task's step convention."""
+        return self.step.join_steps(example.solution_steps)
+
+
+def make_problem(pid: str, question: str, **meta: Any) -> Problem:
+    return Problem(id=pid, question=question, meta=meta)
