@@ -1,0 +1,211 @@
+"""Configuration: every option of every group composes and builds; typed schemas; embedding."""
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import lrm_engine
+from lrm_engine.components import Components, build
+from lrm_engine.composition import ConfigError, all_options, compose
+from lrm_engine.config import GROUPS, COMPONENT_GROUPS
+from lrm_engine.registry import UnknownComponentError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options():
+    return [(g, o) for g, opts in all_options().items() for o in opts]
+
+
+def test_groups_are_listed_and_schemas_are_not_options():
+    opts = all_options()
+    assert list(opts)[: len(GROUPS)] == list(GROUPS)
+    assert "schema" not in opts and "hydra" not in opts
+    assert opts["kernels"] == sorted(["auto", "reference", "cpp", "triton", "cuda"])
+    assert opts["runtime"] == ["default"]
+
+
+def test_default_config_names_only_existing_options():
+    cfg = compose()
+    assert cfg.kernels.backend == "auto" and cfg.runtime.seed == 0
+    assert "hydra" not in cfg
+    defaults = OmegaConf.load(CONF / "config.yaml")["defaults"]
+    opts = all_options()
+    for entry in defaults:
+        if entry == "_self_":
+            continue
+        ((group, option),) = entry.items()
+        assert group in GROUPS
+        assert option is None or option in opts[group], f"config.yaml names {group}={option}"
+
+
+@pytest.mark.parametrize("group,option", _options())
+def test_every_option_composes_and_builds(group, option):
+    """Every option composes, has a `name`, and builds through its registry (or kernels)."""
+    cfg = compose([f"{group}={option}"])
+    node = cfg[group]
+    if group != "runtime":
+        assert isinstance(node.name, str) and node.name, f"{group}/{option} has no name"
+    if group == "kernels":
+        _check_kernels(cfg, option)
+        return
+    comps = build(compose([f"{group}={option}", "kernels=reference"]))
+    if group in COMPONENT_GROUPS:
+        assert getattr(comps, COMPONENT_GROUPS[group]) is not None
+
+
+def _check_kernels(cfg, option):
+    ops = pytest.importorskip("lrm_engine.ops")
+    if not hasattr(ops, "get_backend"):
+        pytest.skip("lrm_engine.ops.get_backend has not landed")
+    built = ops.available_backends() if hasattr(ops, "available_backends") else ["reference"]
+    if option in ("auto", "reference") or option in built:
+        backend = build(cfg).kernels
+        assert backend is not None
+        if option != "auto":
+            assert getattr(backend, "name", option) == option
+    else:
+        with pytest.raises(ops.BackendUnavailableError) as e:
+            build(cfg)
+        # the message names the backends that were built
+        assert all(b in str(e.value) for b in built), str(e.value)
+
+
+def test_kernels_resolution_goes_through_get_backend(monkeypatch):
+    """Independent of which backends exist: build passes backend and device to get_backend."""
+    import types
+
+    import lrm_engine.ops as ops
+
+    seen = {}
+
+    class Unavailable(RuntimeError):
+        pass
+
+    def fake_get_backend(name, device=None):
+        seen["args"] = (name, device)
+        if name == "cuda":
+            raise Unavailable("backend 'cuda' is not built; built: reference, cpp")
+        return types.SimpleNamespace(name=name)
+
+    monkeypatch.setattr(ops, "get_backend", fake_get_backend)
+    cfg = compose(["kernels=cpp", "runtime.device=cpu", "~task"])
+    assert build(cfg).kernels.name == "cpp" and seen["args"] == ("cpp", "cpu")
+    with pytest.raises(Unavailable, match="built: reference, cpp"):
+        build(compose(["kernels=cuda", "runtime.device=cpu", "~task"]))
+
+
+# --- typing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("runtime.seed=abc", "runtime.seed"),
+    ("runtime.device=gpu", "expected one of [auto, cpu, cuda]"),
+    ("kernels.backend=fast", "expected one of [auto, reference, cpp, triton, cuda]"),
+    ("runtime.sed=1", "Valid keys in runtime: seed, device"),
+    ("kernels=fast", "Valid options for kernels: auto, cpp, cuda, reference, triton"),
+    ("nope=1", "'nope' is neither a config group nor a key"),
+])
+def test_wrong_overrides_fail_with_the_valid_choices(override, expect):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    assert expect in str(e.value)
+    hints = [line for line in str(e.value).splitlines() if line.startswith("Valid")]
+    assert all("schema" not in line for line in hints)  # schema/* is never offered
+
+
+def test_every_schema_field_and_yaml_key_has_a_comment():
+    """A comment above every field of every option's dataclass and every key of every YAML."""
+    for group, option in _options():
+        cfg = compose([f"{group}={option}"])
+        schema = OmegaConf.get_type(cfg[group])
+        assert dataclasses.is_dataclass(schema), f"{group}/{option} is not typed by a dataclass"
+        for f in dataclasses.fields(schema):
+            owner = next(c for c in schema.__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+            lines = inspect.getsource(owner).splitlines()
+            i = next(i for i, line in enumerate(lines) if re.match(rf"\s+{f.name}\s*:", line))
+            assert lines[i - 1].strip().startswith("#"), \
+                f"{owner.__name__}.{f.name} ({group}/{option}) needs a comment above it"
+    for path in CONF.rglob("*.yaml"):
+        lines = path.read_text().splitlines()
+        in_defaults = False
+        for i, line in enumerate(lines):
+            if line.startswith("defaults:"):
+                in_defaults = True
+                continue
+            if in_defaults and (line.startswith(" ") or line.startswith("-")):
+                continue
+            in_defaults = False
+            if re.match(r"\s*[A-Za-z_][\w]*\s*:", line):
+                prev = lines[i - 1].strip() if i else ""
+                assert prev.startswith("#"), f"{path}:{i + 1} `{line.strip()}` needs a comment"
+
+
+def test_yaml_options_are_typed_by_their_schema():
+    for path in CONF.glob("*/*.yaml"):
+        group, option = path.parent.name, path.stem
+        defaults = OmegaConf.load(path).get("defaults", [])
+        # a variant may reuse another option's schema (task/arith_hard uses schema/task/arith)
+        typed = [d for d in defaults if isinstance(d, str)
+                 and re.fullmatch(rf"/schema/{group}/\w+@_here_", d)]
+        assert typed and defaults.index(typed[0]) < defaults.index("_self_"), \
+            f"{path} is not typed: start it with defaults: [/schema/{group}/<name>@_here_, _self_]"
+
+
+# --- Python embedding -----------------------------------------------------------------------
+
+
+class MyTask:
+    """A component constructed directly, with no registry and no config."""
+
+    name = "mine"
+
+
+def test_build_from_compose_matches_the_cli_config():
+    from conftest import run_lrm
+
+    r = run_lrm("config", "runtime.seed=7", "kernels=reference")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == OmegaConf.to_yaml(lrm_engine.compose(["runtime.seed=7",
+                                                             "kernels=reference"]))
+
+
+def test_components_passed_in_directly():
+    mine = MyTask()
+    comps = Components(task=mine)
+    assert comps.task is mine and comps.policy is None and comps.kernels is None
+    assert build(task=mine) == Components(task=mine)
+    cfg = compose(["kernels=reference", "runtime.device=cpu"])
+    built = lrm_engine.build(cfg, task=mine)
+    assert built.task is mine  # the config's task is not built
+    assert built.kernels is not None
+    assert comps.replace(search="s").search == "s"
+    with pytest.raises(TypeError, match="valid: task, policy"):
+        build(cfg, planner=object())
+
+
+def test_unknown_component_name_lists_registered_ones():
+    cfg = compose(["kernels=reference"])
+    if cfg.get("task") is None:
+        pytest.skip("no task option to rename")
+    cfg.task.name = "no_such_task"
+    with pytest.raises(UnknownComponentError) as e:
+        build(cfg)
+    from lrm_engine.plugin_manager import registries
+    assert ", ".join(registries()["task"].names()) in str(e.value)
+
+
+def test_embedding_doc_example_runs():
+    """docs/embedding.md's ten lines run as written (the last one raises ConfigError)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "embedding.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1).splitlines()
+    assert len(code) <= 12
+    scope: dict = {}
+    exec("\n".join(code[:-1]), scope)
+    assert scope["parts"].task is scope["mine"]
+    with pytest.raises(ConfigError, match="Valid options for task"):
+        exec(code[-1], scope)
