@@ -50,7 +50,7 @@ segment_reduce
 group_normalize
     (x - mean_g) / (std_g + eps) per CSR group; std is unbiased (divides by n - 1, as torch.std
     and TRL's GRPO) unless ``unbiased=False`` (divides by n); a group of one has std 0, so its
-    advantage is 0.
+    advantage is 0 (with eps > 0; eps = 0 gives 0/0 = NaN there, in every backend).
 """
 
 from __future__ import annotations
@@ -258,7 +258,11 @@ def segment_reduce(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torc
     seg = torch.repeat_interleave(torch.arange(S, device=values.device), lengths)
     vals = values[offsets[0]: offsets[-1]]
     if op == "last":
-        last = values[(offsets[1:] - 1).clamp_min(0)] if values.numel() else torch.zeros(S)
+        last = (
+            values[(offsets[1:] - 1).clamp_min(0)]
+            if values.numel()
+            else torch.zeros(S, device=values.device)
+        )
         return torch.where(lengths > 0, last, math.nan).to(torch.float32)
     if op == "mean":
         total = torch.zeros(S, dtype=torch.float32, device=values.device).index_add_(0, seg, vals)
