@@ -82,3 +82,72 @@ class Task(Protocol):
     def grade(self, example: Example, solution: str) -> bool:
         """Whether a candidate solution's final answer is correct."""
         ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Generates reasoning steps into a BatchedTree (see lrm_engine/models/hf_policy.py)."""
+
+    def init_roots(self, tree: Any, prompts: Sequence[Any]) -> Any:
+        """Encode one prompt per tree as its root (token span + prefix KV computed once)."""
+        ...
+
+    def expand(self, tree: Any, nodes: Any, k: int, sampling: Any = None) -> Any:
+        """Generate k child steps under each node ([B, M] slots, -1 = none), one batched call.
+
+        Writes the children into the tree (slots, token spans, terminal flags, priors) and
+        returns an ExpandResult (children [P, k], logprob_sum, length, finished, counters).
+        """
+        ...
+
+    def text(self, tree: Any, b: int, n: int, with_prompt: bool = False) -> str:
+        """The solution text from the root to node n of tree b."""
+        ...
+
+    def release(self, tree: Any) -> None:
+        """Forget a finished tree's tokens and KV segments."""
+        ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Scores reasoning steps. Never sees a reference answer (it gets the tree, not Examples)."""
+
+    def score(self, tree: Any, nodes: Any, policy: Any) -> Any:
+        """Step scores [P] float32 in [0, 1] for the steps leading to nodes ([P, 2] (b, n)).
+
+        A PRM runs only the new step's tokens, on the parent's cached PRM KV. ``policy`` gives
+        access to the step tokens and text (``policy.arena(tree)``, ``policy.text``).
+        """
+        ...
+
+
+@dataclass
+class SearchResult:
+    """What a search returns for one problem."""
+
+    # The problem's id.
+    id: str
+    # The extracted final answer (None if the chosen solution has none).
+    answer: str | None
+    # The chosen solution's text (steps joined by the delimiter).
+    solution: str
+    # Its aggregated score (PRM aggregate, vote share, ...); NaN if the search has none.
+    score: float
+    # The chosen path's steps.
+    steps: list[str] = field(default_factory=list)
+    # Every finished candidate: {"answer", "score", "text"} (for voting and analysis).
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    # Compute counters: policy/PRM tokens computed and reused, etc.
+    counters: dict[str, int] = field(default_factory=dict)
+    # Optional tree export (nodes with step text, scores, visits, chosen flag).
+    tree: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class SearchAlgorithm(Protocol):
+    """Decides what to expand; batched across problems (one policy and one PRM call per iteration)."""
+
+    def run(self, ctx: Any, problems: Sequence[Problem]) -> list[SearchResult]:
+        """Search every problem of the batch; ``ctx`` is a lrm_engine.core.engine.SearchContext."""
+        ...

@@ -9,4 +9,5 @@ registered under the name given here, which is what ``LRM_ENGINE_DISABLE_PLUGINS
 BUILTIN_PLUGINS: dict[str, str] = {
     "builtin.kernels": "lrm_builtin.kernels",
     "builtin.tasks": "lrm_builtin.tasks",
+    "builtin.search": "lrm_builtin.search",
 }

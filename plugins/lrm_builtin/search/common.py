@@ -1,0 +1,98 @@
+"""Shared pieces of the built-in searches: choosing a final answer among finished candidates."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from lrm_engine.core.interfaces import SearchResult
+
+# How a search picks its final answer among finished candidates.
+CHOICES = ("best", "majority", "weighted")
+
+
+def check_choice(name: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"unknown answer choice {name!r}; choose one of: {', '.join(CHOICES)}")
+    return name
+
+
+def choose(candidates: list[dict[str, Any]], how: str) -> tuple[int, float]:
+    """Index of the chosen candidate and its score.
+
+    best: highest aggregated score (ties: first). majority: the most frequent answer
+    (self-consistency; ties: the answer seen first), score = its vote share. weighted: the
+    answer with the highest summed score (PRM-weighted voting), score = that sum's share.
+    Candidates without an answer never win a vote (they can win `best` only if nothing else
+    exists).
+    """
+    if not candidates:
+        return -1, math.nan
+    if how == "best":
+        scores = [c["score"] if c["score"] is not None and not math.isnan(c["score"]) else -math.inf
+                  for c in candidates]
+        i = max(range(len(candidates)), key=lambda j: (scores[j], -j))
+        return i, candidates[i]["score"]
+    tally: OrderedDict[str, float] = OrderedDict()
+    first: dict[str, int] = {}
+    for j, c in enumerate(candidates):
+        a = c["answer"]
+        if a is None:
+            continue
+        w = 1.0
+        if how == "weighted":
+            s = c["score"]
+            w = 0.0 if s is None or math.isnan(s) else float(s)
+        tally[a] = tally.get(a, 0.0) + w
+        first.setdefault(a, j)
+    if not tally:
+        return choose(candidates, "best")
+    total = sum(tally.values())
+    best = max(tally, key=lambda a: (tally[a], -first[a]))
+    share = tally[best] / total if total > 0 else math.nan
+    # Representative: the highest-scored candidate with that answer.
+    members = [j for j, c in enumerate(candidates) if c["answer"] == best]
+    rep = max(members, key=lambda j: (candidates[j]["score"] if candidates[j]["score"] is not None
+                                      and not math.isnan(candidates[j]["score"]) else -math.inf, -j))
+    return rep, share
+
+
+def finish(ctx, tree, problems, leaves: list[list[int]], how: str) -> list[SearchResult]:
+    """Build SearchResults from each tree's finished leaves (node slots), choosing by ``how``."""
+    scores = ctx.path_scores(tree)
+    out = []
+    for b, prob in enumerate(problems):
+        cands = []
+        for n in leaves[b]:
+            text = ctx.text(tree, b, n)
+            s = float(scores[b, n])
+            cands.append({"answer": ctx.answer(text), "score": None if math.isnan(s) else s,
+                          "text": text, "node": int(n)})
+        i, sc = choose(cands, how)
+        chosen = cands[i] if i >= 0 else {"answer": None, "text": "", "node": 0}
+        out.append(SearchResult(
+            id=prob.id, answer=chosen["answer"], solution=chosen["text"],
+            score=math.nan if sc is None else float(sc),
+            steps=ctx.step.split_steps(chosen["text"]), candidates=cands,
+        ))
+    return out
+
+
+def grow_chains(ctx, tree, frontier: torch.Tensor, score: bool = True) -> torch.Tensor:
+    """Extend every unfinished leaf of frontier [B, M] by one step at a time until all finish.
+
+    One policy call (and one reward call) per step for the whole batch; returns the leaves.
+    """
+    B = tree.batch_size
+    ar = torch.arange(B)[:, None]
+    for _ in range(ctx.max_steps - 1):
+        ok = frontier >= 0
+        active = ok & ~tree.terminal[ar, frontier.clamp_min(0).long()]
+        if not bool(active.any()):
+            break
+        exp = ctx.expand(tree, torch.where(active, frontier, -1), 1, score=score)
+        frontier = torch.where(active, exp.children[..., 0], frontier)
+    return frontier
