@@ -48,6 +48,9 @@ class BatchedTree:
     value_sum: torch.Tensor
     # step_score: [B, N] float32 — reward-model score of the step that leads to the node; NaN if unscored.
     step_score: torch.Tensor
+    # Path aggregates are set in O(1) from the parent's when a node is backed up with a step
+    # score; they cover the scored steps since the last unscored node on the path (a search
+    # that uses them scores every step, as SearchContext.expand does).
     # path_min: [B, N] float32 — min of step scores from the root to the node (root: +inf).
     path_min: torch.Tensor
     # path_sum: [B, N] float32 — sum of step scores from the root (root: 0); mean = path_sum / path_len.
