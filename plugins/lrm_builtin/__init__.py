@@ -10,4 +10,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin.kernels": "lrm_builtin.kernels",
     "builtin.tasks": "lrm_builtin.tasks",
     "builtin.search": "lrm_builtin.search",
+    "builtin.annotators": "lrm_builtin.annotators",
 }
