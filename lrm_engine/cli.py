@@ -31,12 +31,15 @@ DEFAULT_VERB = "run"
 
 # The component kinds (registries) each verb needs.
 VERB_NEEDS: dict[str, tuple[str, ...]] = {
-    "run": ("task", "policy", "reward", "search"),
+    "run": ("task", "search", "annotator"),
     "search": ("task", "policy", "reward", "search"),
     "annotate": ("task", "policy", "annotator"),
-    "train": ("task", "policy", "objective"),
+    "train": ("task", "objective"),
     "evaluate": ("task",),
 }
+# Verbs that build their own components from the registries (rather than from the selected
+# config options) need only these groups selected; the others need every group in VERB_NEEDS.
+VERB_SELECTS: dict[str, tuple[str, ...]] = {"run": ("task",)}
 # Which piece of work brings each kind of component (named in "not available yet").
 PROVIDED_BY: dict[str, str] = {
     "task": "tasks issue",
@@ -233,7 +236,7 @@ def check_available(verb: str, cfg: DictConfig) -> Any:
     if missing:
         raise NotAvailableError("; ".join(missing))
     unselected = []
-    for kind in needs:
+    for kind in VERB_SELECTS.get(verb, needs):
         group = GROUP_OF_KIND[kind]
         if cfg.get(group) is None:
             options = ", ".join(group_options(group)) or "(none)"

@@ -1,0 +1,361 @@
+"""`lrm run`: the whole survey pipeline on the embedded default, stage by stage, cached.
+
+    sft       generate (noisy) arith solutions -> train the tiny policy from scratch
+    annotate  mc_rollout (Math-Shepherd) labels of policy solutions, through the tree engine
+    prm       train the tiny prm_token PRM on them (initialised from the policy); step AUROC
+    sweep     greedy, majority@N, best_of_N@N (PRM-weighted), beam@N for every N, on held-out
+              problems; pass@N from the N samples (the ceiling)
+    report    table on the terminal, report.md, results.jsonl, scaling.png
+
+Each stage writes into ``<output_dir>/<run_name>/<stage>-<hash>/`` where the hash covers the
+stage's own settings, the task's and the hashes of the stages it reads, and marks completion
+with ``done.json``. A second `lrm run` therefore reuses every finished stage; changing a knob
+reruns that stage and those after it; ``lrm run stage=<name>`` reruns one stage even if cached.
+Interrupted stages resume: training from its last checkpoint, annotation and search from their
+JSONL files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+STAGES = ("sft", "annotate", "prm", "sweep", "report")
+SWEEP_SEARCHES = ("greedy", "majority", "best_of_n", "beam")
+
+
+@dataclass
+class PipelineConfig:
+    """Knobs of `lrm run` (config group `pipeline`)."""
+
+    # Name of this run: everything goes to <runtime.output_dir>/<run_name>/.
+    run_name: str = "default"
+    # Task split the evaluation problems come from.
+    eval_split: str = "test"
+    # Held-out problems searched per sweep cell.
+    eval_problems: int = 100
+    # Size of the policy ("micro", "tiny", "small"; see lrm_engine/models_tiny.py).
+    policy_size: str = "tiny"
+    # SFT examples generated from the task's train split.
+    sft_examples: int = 20000
+    # Share of SFT solutions with one injected wrong step (so the policy makes catchable errors).
+    sft_noise: float = 0.15
+    # SFT optimizer steps.
+    sft_steps: int = 700
+    # SFT micro-batch size.
+    sft_batch: int = 32
+    # SFT peak learning rate.
+    sft_lr: float = 3e-3
+    # Train-split problems annotated by mc_rollout.
+    annotate_problems: int = 400
+    # Rollouts per step prefix (N of Math-Shepherd).
+    annotate_rollouts: int = 4
+    # PRM optimizer steps (the PRM starts from the SFT policy's weights).
+    prm_steps: int = 300
+    # PRM micro-batch size.
+    prm_batch: int = 32
+    # PRM peak learning rate.
+    prm_lr: float = 1e-3
+    # Held-out problems for the PRM's step-level AUROC against the task's exact labels.
+    prm_eval_problems: int = 200
+    # Searches of the sweep (greedy runs once, at N = 1).
+    searches: list[str] = field(default_factory=lambda: list(SWEEP_SEARCHES))
+    # Compute levels N of the sweep.
+    sweep_n: list[int] = field(default_factory=lambda: [1, 4, 16])
+    # Children per kept beam in beam search (n // beam_width beams survive).
+    beam_width: int = 4
+    # Step-score aggregation of the PRM along a path: min, prod, last, mean.
+    aggregation: str = "min"
+    # Longest step in tokens.
+    max_step_tokens: int = 24
+    # Most steps per solution.
+    max_steps: int = 10
+    # Sampling temperature of the policy in majority / best-of-N / beam / annotation.
+    temperature: float = 1.0
+    # Problems per search batch (one policy call per step for the whole batch).
+    search_batch: int = 32
+    # Copy the trained policy and PRM to the embedded-default location (policy.path=null).
+    install_defaults: bool = True
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Pipeline:
+    """Runs the stages in order with caching; ``log`` prints progress lines."""
+
+    def __init__(self, cfg: PipelineConfig, task: Any, task_cfg: dict, out_root: Path, *,
+                 stage: str | None = None, registries: dict | None = None, ops: Any = None,
+                 seed: int = 0, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.stage = stage
+        self.task = task
+        self.task_cfg = task_cfg
+        self.root = Path(out_root) / cfg.run_name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registries = registries
+        self.ops = ops
+        self.seed = seed
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.hashes: dict[str, str] = {}
+        self.outputs: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"stage={stage!r} is not a stage of `lrm run`; stages: {', '.join(STAGES)}")
+
+    # ------------------------------------------------------------------ plumbing
+    def _stage_settings(self, name: str) -> dict:
+        c = asdict(self.cfg)
+        keys = {
+            "sft": ["policy_size", "sft_examples", "sft_noise", "sft_steps", "sft_batch", "sft_lr"],
+            "annotate": ["annotate_problems", "annotate_rollouts", "max_step_tokens", "max_steps",
+                         "temperature"],
+            "prm": ["prm_steps", "prm_batch", "prm_lr", "prm_eval_problems"],
+            "sweep": ["eval_split", "eval_problems", "searches", "sweep_n", "beam_width", "aggregation",
+                      "max_step_tokens", "max_steps", "temperature", "search_batch"],
+            "report": [],
+        }[name]
+        return {k: c[k] for k in keys}
+
+    def _deps(self, name: str) -> list[str]:
+        return {"sft": [], "annotate": ["sft"], "prm": ["sft", "annotate"],
+                "sweep": ["sft", "prm"], "report": ["sweep", "prm"]}[name]
+
+    def stage_dir(self, name: str) -> Path:
+        h = _hash({"stage": name, "settings": self._stage_settings(name), "task": self.task_cfg,
+                   "seed": self.seed, "deps": {d: self.hashes[d] for d in self._deps(name)}})
+        self.hashes[name] = h
+        return self.root / f"{name}-{h}"
+
+    def _run_stage(self, name: str, fn: Callable[[Path], dict]) -> dict:
+        d = self.stage_dir(name)
+        done = d / "done.json"
+        if done.is_file() and self.stage != name:
+            self.log(f"[lrm run] {name}: cached ({d.name})")
+            out = json.loads(done.read_text())
+        else:
+            if done.is_file():
+                done.unlink()
+                if name in ("sweep", "report"):
+                    shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True, exist_ok=True)
+            self.log(f"[lrm run] {name}: running -> {d}")
+            t0 = time.perf_counter()
+            out = fn(d)
+            out["wall_s"] = round(time.perf_counter() - t0, 2)
+            tmp = d / "done.json.tmp"
+            tmp.write_text(json.dumps(out, indent=1))
+            tmp.replace(done)
+        self.timings[name] = out.get("wall_s", 0.0)
+        self.outputs[name] = out
+        return out
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        self._run_stage("sft", self.stage_sft)
+        self._run_stage("annotate", self.stage_annotate)
+        self._run_stage("prm", self.stage_prm)
+        self._run_stage("sweep", self.stage_sweep)
+        rep = self._run_stage("report", self.stage_report)
+        if self.cfg.install_defaults:
+            self._install_defaults()
+        rep = dict(rep)
+        rep["stage_wall_s"] = self.timings
+        rep["total_wall_s_this_invocation"] = round(time.perf_counter() - t0, 2)
+        return rep
+
+    # ------------------------------------------------------------------ stages
+    def stage_sft(self, d: Path) -> dict:
+        from lrm_engine.train import train_sft
+
+        c = self.cfg
+        res = train_sft(
+            d, task=self.task, model_size=c.policy_size, model_seed=self.seed,
+            data=dict(num_examples=c.sft_examples, noise_fraction=c.sft_noise, noise_seed=self.seed,
+                      max_length=256),
+            train=dict(total_steps=c.sft_steps, micro_batch_size=c.sft_batch, lr=c.sft_lr,
+                       save_every=max(50, c.sft_steps // 4), seed=self.seed, warmup_steps=min(50, c.sft_steps // 10 + 1)),
+        )
+        return {"model_dir": str(res.model_dir), "first_loss": res.first_loss,
+                "final_loss": res.final_loss, "steps": res.steps, "tokens_per_s": res.tokens_per_s}
+
+    def _policy(self, model_dir: str):
+        from lrm_engine.models.hf_policy import HFPolicy
+
+        return HFPolicy.from_config(model_dir, step=self.task.step,
+                                    max_step_tokens=self.cfg.max_step_tokens, kv_budget_mb=256)
+
+    def _ctx(self, policy, reward=None):
+        from lrm_engine.core.engine import SearchContext
+        from lrm_engine.models.sampling import SamplingConfig
+
+        return SearchContext(policy=policy, reward=reward, step=self.task.step, prompt=self.task.prompt,
+                             sampling=SamplingConfig(temperature=self.cfg.temperature, seed=self.seed),
+                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps)
+
+    def stage_annotate(self, d: Path) -> dict:
+        from lrm_builtin.annotators.mc_rollout import MCRolloutAnnotator
+        from lrm_engine.core.results import ResultsFile
+
+        c = self.cfg
+        examples = _take(self.task.examples("train"), c.annotate_problems, offset=c.sft_examples)
+        ctx = self._ctx(self._policy(self.outputs["sft"]["model_dir"]))
+        ann = MCRolloutAnnotator(num_rollouts=c.annotate_rollouts, temperature=c.temperature, seed=self.seed)
+        recs = ann.annotate(ctx, examples, self.task.grade, ResultsFile(d / "prm.jsonl"),
+                            batch_size=c.search_batch)
+        steps = sum(len(r["labels"]) for r in recs)
+        good = sum(sum(r["labels"]) for r in recs)
+        return {"data": str(d / "prm.jsonl"), "records": len(recs), "steps": steps,
+                "good_steps": int(good), "policy_tokens": ctx.counters()}
+
+    def stage_prm(self, d: Path) -> dict:
+        from lrm_engine.train import load_prm_jsonl, train_prm
+
+        c = self.cfg
+        loaded = load_prm_jsonl(self.outputs["annotate"]["data"])
+        records = loaded.records
+        res = train_prm(
+            d, records=records, task=self.task, model=self.outputs["sft"]["model_dir"],
+            train=dict(total_steps=c.prm_steps, micro_batch_size=c.prm_batch, lr=c.prm_lr,
+                       save_every=max(50, c.prm_steps // 3), seed=self.seed,
+                       warmup_steps=min(30, c.prm_steps // 10 + 1)),
+            evaluate=dict(num_problems=c.prm_eval_problems),
+        )
+        ev = (getattr(res, "metrics", None) or {}).get("eval", {})
+        return {"model_dir": str(res.model_dir), "final_loss": res.final_loss,
+                "step_auroc": ev.get("step_auroc"), "eval": ev, "skipped_records": loaded.skipped}
+
+    def _make_search(self, name: str, n: int):
+        kw: dict[str, Any] = {}
+        if name in ("majority", "best_of_n"):
+            kw["n"] = n
+        if name == "beam":
+            kw.update(n=n, beam_width=min(self.cfg.beam_width, n))
+        if self.registries is not None:
+            return self.registries["search"].create(name, **kw)
+        from lrm_builtin.search.beam import BeamSearch
+        from lrm_builtin.search.greedy import GreedySearch
+        from lrm_builtin.search.sampled import BestOfNSearch, MajoritySearch
+
+        return {"greedy": GreedySearch, "majority": MajoritySearch, "best_of_n": BestOfNSearch,
+                "beam": BeamSearch}[name](**kw)
+
+    def stage_sweep(self, d: Path) -> dict:
+        from lrm_engine.core.engine import run_search
+        from lrm_engine.core.results import ResultsFile
+        from lrm_engine.rewards.factories import make_prm_token
+
+        c = self.cfg
+        examples = _take(self.task.examples(c.eval_split), c.eval_problems)
+        by_id = {ex.problem.id: ex for ex in examples}
+        problems = [ex.problem for ex in examples]
+        cells = [(s, n) for s in c.searches for n in c.sweep_n if not (s == "greedy" and n != min(c.sweep_n))]
+        rows = []
+        for s, n in cells:
+            policy = self._policy(self.outputs["sft"]["model_dir"])
+            reward = None
+            if s in ("best_of_n", "beam"):
+                reward = make_prm_token(self.outputs["prm"]["model_dir"], kv_budget_mb=256)
+            ctx = self._ctx(policy, reward)
+            self.log(f"[lrm run] sweep: {s}@{n} on {len(problems)} problems")
+            recs = run_search(self._make_search(s, n), ctx, problems, ResultsFile(d / f"{s}@{n}.jsonl"),
+                              batch_size=c.search_batch)
+            rows.append(_score_cell(s, n, recs, by_id, self.task))
+            if s == "majority":
+                rows.append(_pass_row(n, recs, by_id, self.task))
+        (d / "rows.json").write_text(json.dumps(rows, indent=1))
+        return {"rows": rows, "problems": len(problems)}
+
+    def stage_report(self, d: Path) -> dict:
+        from lrm_engine.report import markdown_table, write_report
+
+        rows = self.outputs["sweep"]["rows"]
+        acc = {f"{r['search']}@{r['n']}" if r["search"] != "greedy" else "greedy": r["accuracy"] for r in rows}
+        acc = {k.replace("pass@", "pass@"): v for k, v in acc.items()}
+        nmax = max(self.cfg.sweep_n)
+        greedy = acc.get("greedy", math.nan)
+        beam = acc.get(f"beam@{nmax}", math.nan)
+        ceiling = acc.get(f"pass@{nmax}", math.nan)
+        gap = (beam - greedy) / (ceiling - greedy) if ceiling - greedy > 1e-9 else math.nan
+        cols = ("search", "n", "accuracy", "tokens", "policy_tokens", "prm_tokens", "reused_tokens")
+        prm = self.outputs.get("prm", {})
+        extra = (f"PRM step-level AUROC on held-out problems (exact labels): {prm.get('step_auroc')}\n\n"
+                 f"gap closed by beam@{nmax}: (beam - greedy) / (pass@{nmax} - greedy) = "
+                 f"{gap:.3f}\n" if not math.isnan(gap) else "")
+        title = f"Test-time scaling on {self.task_cfg.get('name', 'task')} ({self.outputs['sweep']['problems']} problems)"
+        write_report(rows, d, title, extra=extra, columns=cols)
+        # The run folder's top level carries the latest report, plot and results.
+        for f in ("report.md", "scaling.png"):
+            shutil.copy(d / f, self.root / f)
+        with open(self.root / "results.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        table = markdown_table(rows, cols)
+        self.log("\n" + title + "\n" + table + "\n" + extra)
+        return {"accuracy": acc, "gap_closed_beam": None if math.isnan(gap) else round(gap, 4),
+                "report": str(self.root / "report.md"), "plot": str(self.root / "scaling.png"),
+                "prm_step_auroc": prm.get("step_auroc")}
+
+    def _install_defaults(self) -> None:
+        from lrm_engine.default_models import default_model_dir
+
+        for kind, src in (("policy", self.outputs["sft"]["model_dir"]), ("prm", self.outputs["prm"]["model_dir"])):
+            dst = default_model_dir(kind)
+            if dst.resolve() == Path(src).resolve():
+                continue
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(dst)
+
+
+def _take(it, n: int, offset: int = 0) -> list:
+    out = []
+    for i, x in enumerate(it):
+        if i < offset:
+            continue
+        out.append(x)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _tokens(rec: dict) -> tuple[int, int, int]:
+    c = rec.get("counters", {})
+    pol = int(c.get("policy_tokens_computed", 0))
+    prm = int(c.get("reward_tokens_computed", 0))
+    reused = int(c.get("policy_tokens_reused", 0)) + int(c.get("reward_tokens_reused", 0))
+    return pol, prm, reused
+
+
+def _score_cell(search: str, n: int, recs: list[dict], by_id: dict, task) -> dict:
+    correct, pol, prm, reused = 0, 0, 0, 0
+    for r in recs:
+        ex = by_id[r["id"]]
+        correct += bool(task.grade(ex, r["solution"]))
+        p, q, u = _tokens(r)
+        pol, prm, reused = pol + p, prm + q, reused + u
+    m = max(len(recs), 1)
+    return {"search": search, "n": n, "accuracy": correct / m, "tokens": (pol + prm) / m,
+            "policy_tokens": pol / m, "prm_tokens": prm / m, "reused_tokens": reused / m}
+
+
+def _pass_row(n: int, recs: list[dict], by_id: dict, task) -> dict:
+    hit, pol = 0, 0
+    for r in recs:
+        ex = by_id[r["id"]]
+        hit += any(task.grade(ex, c["text"]) for c in r["candidates"])
+        pol += _tokens(r)[0]
+    m = max(len(recs), 1)
+    return {"search": "pass", "n": n, "accuracy": hit / m, "tokens": pol / m, "policy_tokens": pol / m,
+            "prm_tokens": 0.0, "reused_tokens": None}
