@@ -126,7 +126,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lrm_engine.backend_resolver import KernelsUnavailableError
     from lrm_engine.registry import UnknownComponentError
 
-    errors: list[type[BaseException]] = [UnknownComponentError, KernelsUnavailableError]
+    from lrm_engine.core.tree import TreeCapacityError
+    from lrm_engine.errors import UserError
+
+    errors: list[type[BaseException]] = [UnknownComponentError, KernelsUnavailableError, UserError,
+                                         TreeCapacityError]
+    try:
+        from lrm_engine.models.loading import ModelLoadError
+
+        errors.append(ModelLoadError)
+    except ImportError:
+        pass
     try:
         from lrm_engine.ops import BackendUnavailableError
 

@@ -109,7 +109,9 @@ class Pipeline:
         self.outputs: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
         if stage is not None and stage not in STAGES:
-            raise ValueError(f"stage={stage!r} is not a stage of `lrm run`; stages: {', '.join(STAGES)}")
+            from lrm_engine.errors import UserError
+
+            raise UserError(f"stage={stage!r} is not a stage of `lrm run`; stages: {', '.join(STAGES)}")
 
     # ------------------------------------------------------------------ plumbing
     def _stage_settings(self, name: str) -> dict:

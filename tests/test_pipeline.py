@@ -1,0 +1,71 @@
+"""`lrm run` end to end at toy sizes: every stage, the report files, caching, stage reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TOY = [
+    "pipeline.policy_size=micro", "pipeline.sft_steps=6", "pipeline.sft_examples=64",
+    "pipeline.annotate_problems=4", "pipeline.annotate_rollouts=2", "pipeline.prm_steps=4",
+    "pipeline.prm_eval_problems=8", "pipeline.eval_problems=3", "pipeline.sweep_n=[1,2]",
+    "pipeline.max_steps=4", "pipeline.max_step_tokens=12", "pipeline.run_name=toy",
+]
+
+
+def lrm(tmp_path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", LRM_CACHE=str(tmp_path / "cache"))
+    return subprocess.run(
+        [sys.executable, "-m", "lrm_engine", "run", *TOY, f"runtime.output_dir={tmp_path / 'out'}", *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+@pytest.mark.timeout(900)
+def test_lrm_run_toy_pipeline(tmp_path):
+    r = lrm(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "out" / "toy"
+    for f in ("report.md", "scaling.png", "results.jsonl"):
+        assert (run / f).is_file(), f
+    assert (run / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    cells = {(x["search"], x["n"]) for x in rows}
+    assert cells == {("greedy", 1), ("majority", 1), ("majority", 2), ("pass", 1), ("pass", 2),
+                     ("best_of_n", 1), ("best_of_n", 2), ("beam", 1), ("beam", 2)}
+    for x in rows:
+        assert 0.0 <= x["accuracy"] <= 1.0
+        assert x["tokens"] > 0
+    # PRM-scored searches pay for PRM tokens, the others don't.
+    by = {(x["search"], x["n"]): x for x in rows}
+    assert by["best_of_n", 2]["prm_tokens"] > 0 and by["majority", 2]["prm_tokens"] == 0
+    assert by["majority", 2]["policy_tokens"] > by["majority", 1]["policy_tokens"]
+    assert "| search | n | accuracy |" in (run / "report.md").read_text()
+    # The embedded defaults are installed for policy.path=null / reward.path=null.
+    assert (tmp_path / "cache" / "default" / "policy" / "config.json").is_file()
+    assert (tmp_path / "cache" / "default" / "prm" / "config.json").is_file()
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out["accuracy"]) >= {"greedy", "beam@2", "pass@2"}
+
+    # Second run: every stage cached.
+    r2 = lrm(tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    for stage in ("sft", "annotate", "prm", "sweep", "report"):
+        assert f"[lrm run] {stage}: cached" in r2.stderr
+
+    # stage=sweep reruns that stage only (report after it is still cached by hash).
+    r3 = lrm(tmp_path, "stage=sweep")
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "[lrm run] sweep: running" in r3.stderr
+    assert "[lrm run] sft: cached" in r3.stderr and "[lrm run] prm: cached" in r3.stderr
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+    r = lrm(tmp_path, "stage=bogus")
+    assert r.returncode != 0
+    assert "stage='bogus' is not a stage" in r.stderr and "sweep" in r.stderr
+    assert "Traceback" not in r.stderr
