@@ -259,3 +259,26 @@ def test_registered_and_composed():
     hard = components.build(composition.compose(["task=arith_hard", "task.num_train=20", "task.num_test=5"])).task
     assert isinstance(hard, ArithTask) and (hard.min_steps, hard.max_steps, hard.max_operand) == (5, 6, 999)
     assert all(5 <= len(e.solution_steps) - 1 <= 6 for e in hard.examples("test"))
+
+
+def test_chain_shape_is_left_deep():
+    """shape=chain: every step combines the previous result with the question's next number."""
+    from lrm_builtin.tasks.arith import ArithTask, parse_step
+
+    task = ArithTask(shape="chain", min_steps=3, max_steps=5, min_operand=2, max_operand=30,
+                     max_value=999, max_factor=9)
+    exs = list(task.examples("test"))[:40]
+    assert exs
+    for ex in exs:
+        q = ex.problem.question.rstrip("=")
+        nums = [int(x) for x in __import__("re").findall(r"\d+", q)]
+        steps = [parse_step(s) for s in ex.solution_steps[:-1]]
+        assert all(s is not None for s in steps), ex.solution_steps
+        # first step uses the first two numbers, then (previous result, next number)
+        assert (steps[0][0], steps[0][2]) == (nums[0], nums[1])
+        for prev, cur, n in zip(steps, steps[1:], nums[2:]):
+            assert cur[0] == prev[3] and cur[2] == n
+        assert task.grade(ex, task.step.join_steps(ex.solution_steps))
+        assert all(0 <= s[3] <= 999 for s in steps)
+    with pytest.raises(ValueError, match="shape"):
+        ArithTask(shape="tree")

@@ -200,9 +200,12 @@ def gold_steps(node: Node) -> list[tuple[int, str, int, int]]:
 
 class _Gen:
     def __init__(self, rng: random.Random, lo: int, hi: int, max_value: int, ops: str,
-                 max_factor: int | None = None):
+                 max_factor: int | None = None, shape: str = "mixed"):
         self.rng, self.lo, self.hi, self.max_value, self.ops = rng, lo, hi, max_value, ops
         self.max_factor = max_factor
+        # "chain": every operation combines the running value (left) with a new number (right),
+        # so step i reads only the previous result and the question's next operand.
+        self.chain = shape == "chain"
 
     def leaf(self) -> Node:
         return Node(value=self.rng.randint(self.lo, self.hi))
@@ -211,6 +214,8 @@ class _Gen:
         """A random tree with ``n_ops`` operations, values assigned bottom-up, all valid."""
         if n_ops == 0:
             return self.leaf()
+        if self.chain:
+            return self.combine(self.build(n_ops - 1), self.leaf())
         # Mostly chain-like (one side a leaf), sometimes two subexpressions.
         rest = n_ops - 1
         if rest == 0 or self.rng.random() < 0.65:
@@ -228,6 +233,8 @@ class _Gen:
         for op in ops:
             L, R = left, right
             if op == "-" and a < b:
+                if self.chain:
+                    continue
                 L, R = right, left
             elif op == "/":
                 fixed = self._fix_division(left, right)
@@ -245,7 +252,9 @@ class _Gen:
             v = evaluate(node)
             if v is not None and 0 <= v <= self.max_value:
                 return node
-        # Always possible: subtraction of the smaller from the larger.
+        # Always possible: subtraction of the smaller from the larger (chains: or an addition).
+        if self.chain and a < b:
+            return Node("+", left, right)
         return Node("-", left, right) if a >= b else Node("-", right, left)
 
     def _fix_product(self, left: Node, right: Node):
@@ -269,10 +278,11 @@ class _Gen:
         if b > 1 and a % b == 0 and a > 0:
             return left, right
         if right.is_num and a > 1:
-            divs = [d for d in range(max(2, self.lo), min(self.hi, a - 1) + 1) if a % d == 0]
+            top = min(self.hi, a - 1, self.max_factor or self.hi) if self.chain else min(self.hi, a - 1)
+            divs = [d for d in range(max(2, self.lo), top + 1) if a % d == 0]
             if divs:
                 return left, Node(value=self.rng.choice(divs))
-        if left.is_num and b > 1:
+        if left.is_num and b > 1 and not self.chain:
             qmax = min(self.hi, self.max_value) // b
             qmin = max(2, -(-self.lo // b))
             if qmin <= qmax:
@@ -312,6 +322,9 @@ class ArithTaskConfig(TaskConfig):
     max_value: int = 9999
     # The smaller factor of every multiplication is at most this (null = no limit).
     max_factor: Optional[int] = 12
+    # Expression shape: "mixed" (random trees, mostly chain-like) or "chain" (left-deep: each step
+    # combines the previous result with the next number of the question).
+    shape: str = "mixed"
     # Operators to use, from "+-*/" ("/" is exact integer division).
     ops: str = "+-*/"
     # Number of problems in the train split.
@@ -344,6 +357,7 @@ class ArithTask(PromptMixin):
         max_operand: int = 99,
         max_value: int = 9999,
         max_factor: int | None = 12,
+        shape: str = "mixed",
         ops: str = "+-*/",
         num_train: int = 10000,
         num_test: int = 500,
@@ -364,7 +378,10 @@ class ArithTask(PromptMixin):
             raise ValueError("arith: delimiter must be non-empty")
         self.seed, self.min_steps, self.max_steps = seed, min_steps, max_steps
         self.min_operand, self.max_operand, self.max_value = min_operand, max_operand, max_value
+        if shape not in ("mixed", "chain"):
+            raise ValueError(f"arith: shape must be 'mixed' or 'chain', got {shape!r}")
         self.max_factor = max_factor
+        self.shape = shape
         self.ops, self.num_train, self.num_test, self.test_fraction = ops, num_train, num_test, test_fraction
         self.prompt_style, self.prompt_template, self.system_prompt = "plain", prompt_template, ""
         self.step = StepConvention(delimiter=delimiter, answer_prefix=answer_prefix)
@@ -379,7 +396,8 @@ class ArithTask(PromptMixin):
     def _generate(self, split: str, n: int) -> list[Example]:
         # One stream per split; the split hash decides membership, so streams cannot overlap.
         rng = random.Random(f"arith/{self.seed}/{split}")
-        gen = _Gen(rng, self.min_operand, self.max_operand, self.max_value, self.ops, self.max_factor)
+        gen = _Gen(rng, self.min_operand, self.max_operand, self.max_value, self.ops, self.max_factor,
+                   self.shape)
         seen: set[str] = set()
         out: list[Example] = []
         tries, max_tries = 0, 200 * n + 1000
