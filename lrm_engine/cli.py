@@ -32,7 +32,7 @@ DEFAULT_VERB = "run"
 # The component kinds (registries) each verb needs.
 VERB_NEEDS: dict[str, tuple[str, ...]] = {
     "run": ("task", "search", "annotator"),
-    "search": ("task", "policy", "reward", "search"),
+    "search": ("task", "policy", "search"),  # reward: only for searches that score steps
     "annotate": ("task", "policy", "annotator"),
     "train": ("task", "objective"),
     "evaluate": ("task",),

@@ -42,7 +42,7 @@ def test_usage_errors_exit_2(args, expect):
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["run"], ["search"], ["annotate"], ["train"]])
+@pytest.mark.parametrize("args", [["annotate"]])  # run and search have landed (test_pipeline, test_search_verb)
 def test_verbs_without_machinery_say_what_is_missing(args):
     r = run_lrm(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -59,16 +59,23 @@ def test_not_available_check_is_data_driven(monkeypatch):
 
     regs = registries()
     cfg = compose()
+    monkeypatch.setattr(regs["policy"], "_entries", {})  # as if no policy plugin were installed
     with pytest.raises(cli.NotAvailableError) as e:
-        cli.check_available("train", cfg)
+        cli.check_available("search", cfg)
     assert "no policy is registered (models issue)" in str(e.value)
-    for kind in ("policy", "objective", "task"):
+    for kind in cli.VERB_NEEDS["search"]:
         if kind not in regs[kind] and len(regs[kind]) == 0:
             monkeypatch.setitem(regs[kind]._entries, "t_fake", object())
     monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(cli.NotAvailableError) as e:
-        cli.check_available("train", cfg)
-    assert str(e.value) == "the `train` verb is not implemented (lrm_engine/verbs/train.py)"
+        cli.check_available("search", cfg)
+    assert str(e.value) == "the `search` verb is not implemented (lrm_engine/verbs/search.py)"
+
+
+def test_search_without_components_names_the_options():
+    r = run_lrm("search", "kernels=reference")
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert "lrm search needs policy=<option> (options: hf)" in r.stderr
 
 
 def test_evaluate_without_an_evaluator_is_not_available():

@@ -10,5 +10,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin.kernels": "lrm_builtin.kernels",
     "builtin.tasks": "lrm_builtin.tasks",
     "builtin.search": "lrm_builtin.search",
+    "builtin.policies": "lrm_builtin.policies",
+    "builtin.rewards": "lrm_builtin.rewards",
+    "builtin.objectives": "lrm_builtin.objectives",
     "builtin.annotators": "lrm_builtin.annotators",
 }

@@ -1,0 +1,167 @@
+"""``lrm search``: test-time search over a task's problems, graded after the search.
+
+    lrm search task=arith policy=hf policy.path=<dir> [reward=prm_token reward.path=<dir>] \\
+        search=beam search.n=4 [search_run.split=test search_run.limit=50] [runtime.output_dir=...]
+
+1. The problems of ``search_run.split`` (first ``search_run.limit``) are handed to the search as
+   ``example.problem`` — no reference answer reaches the policy, the reward model or the search.
+2. A :class:`~lrm_engine.core.engine.SearchContext` is built from the components (policy, reward,
+   kernels, the task's step convention and prompt, ``search_run.max_steps`` /
+   ``aggregation``; sampling = the policy's ``sampling`` options), and
+   :func:`~lrm_engine.core.engine.run_search` searches in batches of ``search_run.batch_size``.
+3. ``<runtime.output_dir>/results.jsonl`` gets one record per problem as each batch finishes,
+   each graded by the task's grader against the example's reference *after* the search
+   (``"correct"``, plus ``"reference"``). A rerun with the same output folder skips the problems
+   already there (resumable).
+4. A summary (accuracy; tokens computed and reused by the policy and by the PRM, summed over
+   the records, resumed ones included) is printed and written to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from lrm_engine.core.results import ResultsFile
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from lrm_engine.components import Components
+
+# Defaults of the ``search_run`` config node (used when the node is absent).
+SEARCH_RUN_DEFAULTS = {"split": "test", "limit": None, "batch_size": 8, "max_steps": 12,
+                       "aggregation": "min"}
+
+
+class GradedResults(ResultsFile):
+    """results.jsonl whose records are graded against the references as they are appended."""
+
+    def __init__(self, path, examples: Mapping[str, Any], task):
+        super().__init__(path)
+        self.examples = examples
+        self.task = task
+        # The records of the last append (graded), for per-batch metrics.
+        self.last: list[dict[str, Any]] = []
+
+    def append(self, records):
+        graded = []
+        for rec in records:
+            ex = self.examples.get(str(rec["id"]))
+            if ex is not None and "correct" not in rec:
+                rec = dict(rec)
+                rec["correct"] = bool(self.task.grade(ex, rec.get("solution") or ""))
+                rec["reference"] = ex.reference
+            graded.append(rec)
+        self.last = graded
+        super().append(graded)
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    node = cfg.get("search_run")
+    out = dict(SEARCH_RUN_DEFAULTS)
+    if node is not None:
+        out.update(OmegaConf.to_container(node, resolve=True))
+    return out
+
+
+def unavailable(cfg: DictConfig, components: Components) -> str | None:
+    for kind in ("task", "policy", "search"):
+        if getattr(components, kind) is None:
+            return f"no {kind} selected (add {kind}=<option>)"
+    if not callable(getattr(components.task, "grade", None)):
+        return f"task {type(components.task).__name__} has no grader (grade(example, solution))"
+    return None
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and compute counters summed over the records."""
+    n = len(records)
+    correct = sum(1 for r in records if r.get("correct"))
+    tot: dict[str, int] = {}
+    for r in records:
+        for k, v in (r.get("counters") or {}).items():
+            if "peak" in k:
+                tot[k] = max(tot.get(k, 0), int(v))
+            else:
+                tot[k] = tot.get(k, 0) + int(v)
+    pol_c, pol_r = tot.get("policy_tokens_computed", 0), tot.get("policy_tokens_reused", 0)
+    prm_c, prm_r = tot.get("reward_tokens_computed", 0), tot.get("reward_tokens_reused", 0)
+    return {
+        "problems": n,
+        "correct": correct,
+        "accuracy": correct / n if n else math.nan,
+        "answered": sum(1 for r in records if r.get("answer") is not None),
+        "tokens_computed": pol_c + prm_c,
+        "tokens_reused": pol_r + prm_r,
+        "policy_tokens_computed": pol_c,
+        "policy_tokens_reused": pol_r,
+        "reward_tokens_computed": prm_c,
+        "reward_tokens_reused": prm_r,
+        "counters": tot,
+    }
+
+
+def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
+    from lrm_engine.core.engine import SearchContext, run_search
+    from lrm_engine.plugin_manager import get_plugin_manager
+
+    task, policy, reward, search = components.task, components.policy, components.reward, components.search
+    s = settings(cfg)
+    examples = list(task.examples(s["split"]))
+    if s["limit"] is not None:
+        examples = examples[: int(s["limit"])]
+    by_id = {str(ex.problem.id): ex for ex in examples}
+    # The task's step convention drives the policy's stop strings and final-answer detection.
+    if callable(getattr(policy, "configure", None)):
+        policy.configure(step=task.step)
+    elif getattr(policy, "step", None) is None:
+        policy.step = task.step
+    ctx = SearchContext(
+        policy=policy, step=task.step, prompt=task.prompt, reward=reward,
+        sampling=getattr(policy, "sampling", None), ops=components.kernels,
+        aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
+    )
+    out_dir = Path(str(cfg.runtime.output_dir))
+    results = GradedResults(out_dir / "results.jsonl", by_id, task)
+    resumed = sum(1 for i in by_id if results.done(i))
+    pm = get_plugin_manager()
+    it = [0]
+
+    def on_batch(batch):
+        recs = results.last
+        acc = sum(bool(r.get("correct")) for r in recs) / max(len(recs), 1)
+        pm.hook.lrm_iteration_end(iteration=it[0], metrics={"accuracy": acc, "problems": len(recs)})
+        it[0] += 1
+
+    progress = bool(cfg.runtime.get("progress", True)) if cfg.get("runtime") is not None else True
+    t0 = time.perf_counter()
+    run_search(search, ctx, [ex.problem for ex in examples], results,
+               batch_size=int(s["batch_size"]), on_batch=on_batch, progress=progress)
+    wall = time.perf_counter() - t0
+    records = [r for r in results.records() if str(r["id"]) in by_id]
+    summary = summarize(records)
+    summary.update({
+        "task": cfg.task.name if cfg.get("task") is not None else type(task).__name__,
+        "split": s["split"],
+        "search": cfg.search.name if cfg.get("search") is not None else type(search).__name__,
+        "reward": cfg.reward.name if cfg.get("reward") is not None else None,
+        "resumed": resumed,
+        "wall_s": round(wall, 3),
+        "timings_s": {k: round(v, 3) for k, v in ctx.timings.items()},
+        "results": str(out_dir / "results.jsonl"),
+    })
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print(
+        f"lrm search: {summary['correct']}/{summary['problems']} correct "
+        f"(accuracy {summary['accuracy']:.3f}); tokens computed {summary['tokens_computed']} "
+        f"(policy {summary['policy_tokens_computed']}, PRM {summary['reward_tokens_computed']}), "
+        f"reused {summary['tokens_reused']} (policy {summary['policy_tokens_reused']}, "
+        f"PRM {summary['reward_tokens_reused']}); {resumed} resumed; {wall:.1f}s -> {out_dir}"
+    )
+    return summary
