@@ -73,7 +73,8 @@ class LazyPolicy(LazyHandle):
 
 
 def make_hf_policy(path=None, gguf_file=None, dtype="float32", kv_budget_mb=512.0, max_step_tokens=64,
-                   prior="softmax", trust_remote_code=False, device="cpu", sampling=None):
+                   prior="softmax", trust_remote_code=False, device="cpu", sampling=None,
+                   _cls: str = "HFPolicy", **extra):
     """Factory of ``policy=hf``: a :class:`LazyPolicy` over ``HFPolicy.from_config``."""
     from lrm_engine.models.sampling import SamplingConfig
 
@@ -82,10 +83,13 @@ def make_hf_policy(path=None, gguf_file=None, dtype="float32", kv_budget_mb=512.
         raise ValueError(f"policy.prior must be 'softmax' or 'uniform', got {prior!r}")
 
     def load():
-        from lrm_engine.models.hf_policy import HFPolicy
+        if _cls == "TreePolicy":
+            from lrm_engine.models.tree_policy import TreePolicy as cls
+        else:
+            from lrm_engine.models.hf_policy import HFPolicy as cls
 
         p = resolve_model_path(path, "policy", "policy.path")
-        return HFPolicy.from_config(p, gguf_file=gguf_file, dtype=dtype, kv_budget_mb=kv_budget_mb,
+        return cls.from_config(p, gguf_file=gguf_file, dtype=dtype, kv_budget_mb=kv_budget_mb,
                                     max_step_tokens=max_step_tokens, trust_remote_code=trust_remote_code,
                                     device=device, prior=prior)
 
@@ -96,8 +100,25 @@ def make_hf_policy(path=None, gguf_file=None, dtype="float32", kv_budget_mb=512.
     return handle
 
 
+@dataclass
+class TreePolicySchema(HFPolicySchema):
+    # Registry name of the policy.
+    name: str = "tree"
+    # Tree-attention kernel: auto (cpp on CPU, triton on CUDA), reference, cpp or triton.
+    attn_backend: str = "auto"
+    # Long KV segments are split into chunks of at most this many tokens in the attention plan.
+    chunk_size: int = 512
+
+
+def make_tree_policy(attn_backend: str = "auto", chunk_size: int = 512, **kw):
+    """Factory of ``policy=tree``: the engine's own forward (tree attention over node segments)."""
+    return make_hf_policy(_cls="TreePolicy", attn_backend=attn_backend, chunk_size=chunk_size, **kw)
+
+
 @hookimpl
 def lrm_register_policies(registry):
+    registry.register("tree", make_tree_policy,
+                      description="Llama/Qwen2/Mistral with the engine's tree attention over node KV segments")
     registry.register("hf", make_hf_policy,
                       description="transformers causal LM, batched step expansion on a per-node KV store")
 
@@ -105,3 +126,4 @@ def lrm_register_policies(registry):
 @hookimpl
 def lrm_register_configs(config_store):
     config_store.store(group="schema/policy", name="hf", node=HFPolicySchema)
+    config_store.store(group="schema/policy", name="tree", node=TreePolicySchema)
