@@ -48,6 +48,14 @@ def test_every_option_composes_and_builds(group, option):
     """Every option composes, has a `name`, and builds through its registry (or kernels)."""
     cfg = compose([f"{group}={option}"])
     node = cfg[group]
+    if group == "pipeline":  # settings of `lrm run`, not a component: they instantiate as such
+        from omegaconf import OmegaConf
+
+        from lrm_engine.pipeline import PipelineConfig
+
+        pc = PipelineConfig(**OmegaConf.to_container(node, resolve=True))
+        assert pc.sweep_n and pc.searches
+        return
     if group != "runtime":
         assert isinstance(node.name, str) and node.name, f"{group}/{option} has no name"
     if group == "kernels":
