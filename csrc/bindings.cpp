@@ -6,6 +6,7 @@
 #include "cpu/cpu_ops.h"
 #include "tree_view_binding.h"
 #include "cpu/prm_head_binding.h"
+#include "cpu/tree_attention_binding.h"
 
 namespace py = pybind11;
 using lrm::ptr;
@@ -14,6 +15,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "lrm_engine C++ CPU tree-op kernels (raw contiguous buffers; see lrm_engine.ops.cpp)";
   lrm::bind_tree_view(m);
   lrm::bind_prm_head(m);  // prm_head_scores (csrc/cpu/prm_head.cpp)
+  lrm::bind_tree_attention(m);  // tree_attention_plan, tree_attention_fwd (csrc/cpu/tree_attention.cpp)
 
   m.def(
       "select",
