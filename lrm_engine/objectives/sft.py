@@ -33,6 +33,8 @@ class SFTObjective(ObjectiveBase):
     """Cross-entropy on completion tokens only (see the module docstring for the formula)."""
 
     name = "sft"
+    # What batches this objective consumes: the train verb builds SFT data for it.
+    batch_kind = "sft"
 
     def __init__(self, label_smoothing: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:

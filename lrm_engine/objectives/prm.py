@@ -1,0 +1,159 @@
+"""``prm``: token-level process reward model loss (Math-Shepherd), for a ``prm_token`` PRM.
+
+The PRM is a causal LM. After every step of a solution comes the step tag (the task's step
+delimiter, ``"\\n"`` by default); at each tag position the model's LM head is read at two rows
+only — the *good* token and the *bad* token — and the step score is
+
+    p_good = softmax([z_good, z_bad])[0] = sigmoid(z_good - z_bad),   z = h_tag @ W_head[row] (+ b)
+
+i.e. the full-vocabulary distribution restricted to {good, bad} and renormalised (exactly what
+:func:`lrm_engine.ops.prm_head.token_prm_scores` computes at inference).
+
+Token choice for the character tokenizer: good = ``"+"``, bad = ``"-"`` — Math-Shepherd's own
+label tokens, both single characters of the fixed vocabulary (no vocabulary change, so a PRM
+can start from the SFT policy's weights). Their ordinary meaning does not interfere: the head is
+read only at tag positions, where the PRM is trained to emit them. Any two distinct tokens can
+be chosen (``good_token`` / ``bad_token``; each must encode to exactly one token).
+
+Batch (:func:`lrm_engine.train.prm_data.collate_prm`): ``input_ids [B, T]``,
+``attention_mask [B, T]``, ``tag_mask [B, T]`` bool (True at step-tag positions), ``step_labels
+[B, T]`` float (the step's label in [0, 1] at tag positions; values elsewhere are never read).
+
+Loss, exactly: with ``S = {(b, t) : tag_mask[b, t]}`` and ``y`` the target at each tag,
+
+    loss = - (1 / |S|) * sum_{(b,t) in S} [ y * log p_good + (1 - y) * log (1 - p_good) ]
+
+``label_mode="hard"``: ``y = 1[label >= hard_threshold]`` (cross-entropy against the hard
+label; with ``hard_threshold=0.5`` a bool label is itself); ``label_mode="soft"``: ``y = label``
+(BCE with a soft target, e.g. Math-Shepherd's soft estimate). With gradient accumulation the
+loop weights micro-batches by ``|S|`` (:meth:`loss_weight`), so a step is the per-tag mean over
+its micro-batches. A batch with no tag gives loss 0 with a zero gradient (never NaN).
+
+Computation: by default the decoder's last hidden states are gathered at the tag positions and
+multiplied by the two head rows (P x 2 x d, never the full-vocabulary logits); this is exact for
+models whose output head is a plain linear layer (Llama, Qwen2, Mistral, the tiny models).
+``full_logits=True`` takes the two columns of the model's full logits instead (for heads with
+scaling or soft-capping).
+
+Metrics: ``loss``, ``step_acc`` (``p_good >= 0.5`` agrees with ``label >= hard_threshold``),
+``p_good`` (mean), ``good_frac`` (share of tags labelled good), ``tags`` (``|S|``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import ObjectiveBase
+
+LABEL_MODES = ("hard", "soft")
+
+
+class PRMObjective(ObjectiveBase):
+    """Token-level PRM loss at step tags (see the module docstring for the formula)."""
+
+    name = "prm"
+    # What batches this objective consumes: the train verb builds PRM data for it.
+    batch_kind = "prm"
+
+    def __init__(self, good_token: str = "+", bad_token: str = "-", label_mode: str = "hard",
+                 hard_threshold: float = 0.5, full_logits: bool = False,
+                 good_token_id: int | None = None, bad_token_id: int | None = None):
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"prm: label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+        if not 0.0 < hard_threshold <= 1.0:
+            raise ValueError(f"prm: hard_threshold must be in (0, 1], got {hard_threshold}")
+        if good_token == bad_token:
+            raise ValueError("prm: good_token and bad_token must differ")
+        self.good_token, self.bad_token = good_token, bad_token
+        self.label_mode, self.hard_threshold = label_mode, float(hard_threshold)
+        self.full_logits = bool(full_logits)
+        self.good_token_id, self.bad_token_id = good_token_id, bad_token_id
+        if (good_token_id is None) != (bad_token_id is None):
+            raise ValueError("prm: give both good_token_id and bad_token_id, or neither")
+        if good_token_id is not None and good_token_id == bad_token_id:
+            raise ValueError("prm: good_token_id and bad_token_id must differ")
+
+    # -- tokens ---------------------------------------------------------------------------
+    def resolve_tokens(self, tokenizer) -> tuple[int, int]:
+        """Set (and return) the good/bad token ids from the tokenizer; each must be one token."""
+        from ..tokenization import single_token_id
+
+        self.good_token_id = single_token_id(tokenizer, self.good_token)
+        self.bad_token_id = single_token_id(tokenizer, self.bad_token)
+        if self.good_token_id == self.bad_token_id:
+            raise ValueError("prm: good and bad tokens map to the same id")
+        return self.good_token_id, self.bad_token_id
+
+    @property
+    def token_ids(self) -> list[int]:
+        if self.good_token_id is None:
+            raise RuntimeError("prm: token ids unknown; call resolve_tokens(tokenizer) first "
+                               "(train_prm does) or pass good_token_id / bad_token_id")
+        return [self.good_token_id, self.bad_token_id]
+
+    # -- loss -----------------------------------------------------------------------------
+    def tag_logits(self, model, batch) -> torch.Tensor:
+        """``[|S|, 2]`` float32 logits of (good, bad) at the tag positions, in row-major order."""
+        return tag_logits(model, batch["input_ids"], batch.get("attention_mask"), batch["tag_mask"],
+                          self.token_ids, full_logits=self.full_logits)
+
+    def loss(self, model, batch):
+        z = self.tag_logits(model, batch)
+        y = batch["step_labels"][batch["tag_mask"]].float()
+        return prm_loss(z, y, self.label_mode, self.hard_threshold)
+
+    def loss_weight(self, batch) -> float:
+        return float(max(1, int(batch["tag_mask"].sum())))
+
+    def state_dict(self) -> dict:
+        return {"good_token_id": self.good_token_id, "bad_token_id": self.bad_token_id}
+
+
+def tag_logits(model, input_ids, attention_mask, tag_mask, token_ids, *,
+               full_logits: bool = False) -> torch.Tensor:
+    """Logits of ``token_ids`` rows of the output head at ``tag_mask`` positions, ``[P, C]``."""
+    kw = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    rows = torch.as_tensor(token_ids, dtype=torch.long, device=input_ids.device)
+    decoder = getattr(model, "get_decoder", lambda: None)() if not full_logits else None
+    head = model.get_output_embeddings() if decoder is not None else None
+    if decoder is None or not isinstance(head, torch.nn.Linear):
+        logits = model(**kw).logits
+        return logits[tag_mask][:, rows].float()
+    hidden = decoder(**kw).last_hidden_state  # [B, T, d], after the final norm
+    sel = hidden[tag_mask].float()  # [P, d]
+    w = head.weight.index_select(0, rows).float()
+    z = sel @ w.T
+    if head.bias is not None:
+        z = z + head.bias.index_select(0, rows).float()
+    if z.shape[0] == 0:
+        # keep the graph connected to the parameters: a zero gradient, not None
+        z = z + 0.0 * hidden.sum()
+    return z
+
+
+def prm_loss(z: torch.Tensor, labels: torch.Tensor, label_mode: str = "hard",
+             hard_threshold: float = 0.5):
+    """``(loss, metrics)`` from ``[P, 2]`` (good, bad) logits and ``[P]`` labels in [0, 1]."""
+    n = int(z.shape[0])
+    if n == 0:
+        loss = z.sum() * 0.0
+        return loss, {"loss": 0.0, "step_acc": 0.0, "p_good": 0.0, "good_frac": 0.0, "tags": 0.0}
+    logp = F.log_softmax(z.float(), dim=-1)
+    hard = (labels >= hard_threshold).float()
+    y = hard if label_mode == "hard" else labels.float()
+    per = -(y * logp[:, 0] + (1.0 - y) * logp[:, 1])
+    loss = per.mean()
+    with torch.no_grad():
+        p = logp[:, 0].exp()
+        acc = ((p >= 0.5).float() == hard).float().mean().item()
+    return loss, {"loss": float(loss.detach()), "step_acc": acc, "p_good": float(p.mean()),
+                  "good_frac": float(hard.mean()), "tags": float(n)}
+
+
+def make_prm_objective(**kwargs) -> PRMObjective:
+    """Registry factory for ``objective=prm`` (keyword arguments: see :class:`PRMObjective`)."""
+    kwargs.pop("name", None)
+    return PRMObjective(**kwargs)

@@ -1,0 +1,293 @@
+"""``train_prm``: the entry point behind ``lrm train objective=prm``, plus step-level evaluation.
+
+    result = train_prm(run_dir, task=task, records=oracle_prm_records(task, limit=2000),
+                       objective=PRMObjective(), train=TrainConfig(total_steps=300),
+                       model_size="tiny", evaluate=PRMEvalConfig())
+
+It builds (or reuses, on resume) the tokenizer and the PRM (a fresh tiny Llama, or a local model
+folder such as the SFT policy), tokenises the PRM records with the task's step delimiter as the
+step tag, runs the one :class:`~lrm_engine.train.trainer.Trainer` with the ``prm`` objective,
+and saves ``<run_dir>/model``: a Hugging Face model folder plus ``prm_config.json`` (what a
+``prm_token`` reward model needs to score steps: the good/bad tokens and the step tag).
+
+Evaluation (:func:`evaluate_prm_on_task`): the PRM scores every step of solutions to *held-out*
+problems (the task's test split; gold solutions and solutions with one injected wrong step
+carried through) and the scores are compared with the task's exact prefix labels: step-level
+AUROC (the issue's metric), step accuracy at 0.5, and the solution-level AUROC of the min-step
+score against final-answer correctness. Results go to ``<run_dir>/eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..metrics import auroc, binary_accuracy
+from .checkpoint import save_model_quietly
+from .prm_data import PRMBatchSource, PRMDataset, PRMRecord, collate_prm, tokenize_prm
+from .sft import _coerce
+from .trainer import TrainConfig, Trainer, TrainResult
+
+PRM_CONFIG_FILE = "prm_config.json"
+
+
+@dataclass
+class PRMDataConfig:
+    """How PRM records become training units."""
+
+    # Longest sequence in tokens (prompt + steps + tags); steps past it are cut.
+    max_length: int = 256
+    # Shuffle the records each epoch (seed: TrainConfig.seed).
+    shuffle: bool = True
+
+
+@dataclass
+class PRMEvalConfig:
+    """Held-out step-level evaluation against the task's exact prefix labels."""
+
+    # Task split of the held-out problems.
+    split: str = "test"
+    # Number of held-out problems (their first this many; None: all).
+    num_problems: int | None = 500
+    # Share of held-out solutions carrying one injected wrong step.
+    noise_fraction: float = 0.5
+    # Seed of the noise injector for the held-out solutions.
+    noise_seed: int = 1
+    # Sequences per scoring forward pass.
+    batch_size: int = 64
+
+
+def write_prm_config(model_dir: str | Path, objective, tokenizer, step_tag: str) -> dict:
+    """``prm_config.json`` in a model folder: how to read step scores off this PRM."""
+    from .prm_data import tag_token_ids
+
+    doc = {
+        "kind": "prm_token",
+        "good_token": objective.good_token, "bad_token": objective.bad_token,
+        "good_token_id": objective.good_token_id, "bad_token_id": objective.bad_token_id,
+        "step_tag": step_tag, "step_tag_ids": tag_token_ids(tokenizer, step_tag),
+        "score": "p_good = softmax([z_good, z_bad])[0] of the LM head at the last token of the "
+                 "step tag after each step; sequence = <bos> prompt (step step_tag)*",
+    }
+    (Path(model_dir) / PRM_CONFIG_FILE).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def read_prm_config(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / PRM_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {PRM_CONFIG_FILE}: not a prm_token model folder")
+    return json.loads(path.read_text())
+
+
+def load_prm_token(model_dir: str | Path, device: str = "cpu"):
+    """``(model, tokenizer, prm_config)`` of a PRM folder written by :func:`train_prm`."""
+    from transformers import AutoModelForCausalLM
+
+    from ..tokenization import load_tokenizer
+
+    cfg = read_prm_config(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).to(device)
+    model.eval()
+    return model, load_tokenizer(model_dir), cfg
+
+
+@torch.no_grad()
+def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]], *,
+                good_token_id: int, bad_token_id: int, step_tag: str = "\n",
+                max_length: int = 512, batch_size: int = 64) -> list[list[float]]:
+    """P(good) of every step of every ``(prompt, steps)`` solution, with a full forward pass.
+
+    Returns one list per solution, one score per step (steps cut by ``max_length`` get nan).
+    The sequence layout is the training one (:func:`~lrm_engine.train.prm_data.tokenize_prm`).
+    """
+    from ..objectives.prm import tag_logits
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    out: list[list[float]] = [[math.nan] * len(steps) for _, steps in solutions]
+    units = []
+    for i, (prompt, steps) in enumerate(solutions):
+        u = tokenize_prm(tokenizer, prompt, list(steps), None, step_tag, max_length, i)
+        if u is not None:
+            units.append(u)
+    # longest first: less padding per batch
+    units.sort(key=lambda u: -len(u.input_ids))
+    for s in range(0, len(units), batch_size):
+        chunk = units[s:s + batch_size]
+        batch = collate_prm(chunk, pad)
+        z = tag_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                       batch["tag_mask"].to(device), [good_token_id, bad_token_id])
+        p = torch.softmax(z, dim=-1)[:, 0].cpu().tolist()
+        k = 0
+        for u in chunk:  # tag_mask is read row-major: units in order, tags in order
+            for j in range(len(u.tag_positions)):
+                out[u.index][j] = p[k]
+                k += 1
+    if was_training:
+        model.train()
+    return out
+
+
+def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_token_id: int,
+                         config: PRMEvalConfig | Mapping[str, Any] | None = None,
+                         max_length: int = 512) -> dict[str, Any]:
+    """Step-level AUROC (and friends) of a ``prm_token`` PRM on held-out problems of a task.
+
+    Needs a task with exact step labels and a noise injector (``noisy_solutions``,
+    ``prefix_labels``, ``grade``). Labels: ``task.prefix_labels`` (step i good iff steps 0..i
+    are all correct). AUROC is nan (reported as None) when only one class is present.
+    """
+    cfg = _coerce(PRMEvalConfig, config)
+    sols = task.noisy_solutions(cfg.split, fraction=cfg.noise_fraction, seed=cfg.noise_seed,
+                                limit=cfg.num_problems)
+    pairs = [(task.prompt(s.example.problem), list(s.steps)) for s in sols]
+    scores = score_steps(model, tokenizer, pairs, good_token_id=good_token_id,
+                         bad_token_id=bad_token_id, step_tag=task.step.delimiter,
+                         max_length=max_length, batch_size=cfg.batch_size)
+    flat_s, flat_y, sol_min, sol_ok = [], [], [], []
+    for s, sc in zip(sols, scores):
+        labels = task.prefix_labels(s.example, s.steps)
+        kept = [(v, y) for v, y in zip(sc, labels) if not math.isnan(v)]
+        flat_s += [v for v, _ in kept]
+        flat_y += [y for _, y in kept]
+        if kept:
+            sol_min.append(min(v for v, _ in kept))
+            sol_ok.append(task.grade(s.example, task.step.join_steps(s.steps)))
+
+    def _num(x: float) -> float | None:
+        return None if math.isnan(x) else round(float(x), 6)
+
+    return {
+        "step_auroc": _num(auroc(flat_s, flat_y)),
+        "step_accuracy": _num(binary_accuracy(flat_s, flat_y)),
+        "solution_auroc_min": _num(auroc(sol_min, sol_ok)) if sol_min else None,
+        "num_solutions": len(sols),
+        "num_steps": len(flat_s),
+        "num_good_steps": int(sum(bool(y) for y in flat_y)),
+        "labels": "exact prefix labels of the task (step i good iff steps 0..i correct)",
+        "eval": asdict(cfg),
+    }
+
+
+def train_prm(
+    run_dir: str | Path,
+    *,
+    records: Sequence[PRMRecord],
+    task=None,
+    step_tag: str | None = None,
+    objective=None,
+    model=None,
+    model_size: str = "tiny",
+    model_seed: int = 0,
+    tokenizer=None,
+    data: PRMDataConfig | Mapping[str, Any] | None = None,
+    train: TrainConfig | Mapping[str, Any] | None = None,
+    evaluate: PRMEvalConfig | Mapping[str, Any] | None | bool = None,
+    data_info: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = (),
+) -> TrainResult:
+    """Train a ``prm_token`` PRM on PRM records; resumable. Returns a :class:`TrainResult` with
+    ``model_dir`` set; ``result.metrics["eval"]`` holds the held-out evaluation when run.
+
+    - ``records``: the PRM records (:mod:`lrm_engine.train.prm_data`).
+    - ``task``: gives the step tag (its step delimiter) and, for ``evaluate``, the held-out
+      problems and exact labels. Without a task give ``step_tag``.
+    - ``objective``: a :class:`~lrm_engine.objectives.prm.PRMObjective` (default: its defaults).
+    - ``model``: ``nn.Module`` or local model folder to start from (e.g. the SFT policy); default
+      a fresh tiny Llama of ``model_size`` seeded by ``model_seed``.
+    - ``evaluate``: :class:`PRMEvalConfig` / dict (default settings when None and the task can
+      be evaluated), or False to skip.
+    """
+    from ..objectives.prm import PRMObjective
+    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
+
+    run_dir = Path(run_dir)
+    data_cfg = _coerce(PRMDataConfig, data)
+    train_cfg = _coerce(TrainConfig, train)
+    if step_tag is None:
+        if task is None or not hasattr(task, "step"):
+            raise ValueError("train_prm: give task= (its step delimiter is the step tag) or step_tag=")
+        step_tag = task.step.delimiter
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    tok_dir = run_dir / "tokenizer"
+    if tokenizer is None:
+        if (tok_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(tok_dir)
+        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(model)
+        else:
+            extra = step_tag + (task.step.answer_prefix if task is not None and hasattr(task, "step") else "")
+            tokenizer = build_char_tokenizer(extra_chars=extra)
+    if not (tok_dir / "tokenizer.json").is_file():
+        save_tokenizer(tokenizer, tok_dir)
+
+    if objective is None:
+        objective = PRMObjective()
+    objective.resolve_tokens(tokenizer)
+    dataset = PRMDataset(records, tokenizer, step_tag=step_tag, max_length=data_cfg.max_length)
+    source = PRMBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
+                            shuffle=data_cfg.shuffle)
+
+    if model is None:
+        from ..models_tiny import make_tiny_llama
+
+        model = make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
+                                max_position_embeddings=max(512, data_cfg.max_length))
+    elif isinstance(model, (str, Path)):
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        if not train_cfg.progress:
+            hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ValueError(f"the model's vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
+                         f"is smaller than the tokenizer's ({len(tokenizer)})")
+
+    (run_dir / "run_config.json").write_text(json.dumps({
+        "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
+        "model_size": model_size, "model_seed": model_seed, "data": asdict(data_cfg),
+        "train": asdict(train_cfg), "num_records": len(records), "num_units": len(dataset),
+        "dropped_records": dataset.dropped, "truncated_steps": dataset.truncated_steps,
+        "num_steps": dataset.num_steps, "num_good_steps": dataset.num_good,
+        "dataset_tokens": dataset.num_tokens, "step_tag": step_tag,
+        "good_token": objective.good_token, "bad_token": objective.bad_token,
+        "label_mode": objective.label_mode, "data_info": dict(data_info or {}),
+    }, indent=1, default=str))
+
+    trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer, callbacks=callbacks)
+    result = trainer.train()
+    out = run_dir / "model"
+    save_model_quietly(model, out)
+    tokenizer.save_pretrained(str(out))
+    write_prm_config(out, objective, tokenizer, step_tag)
+    result.model_dir = str(out)
+
+    can_eval = task is not None and all(callable(getattr(task, n, None))
+                                        for n in ("noisy_solutions", "prefix_labels", "grade"))
+    if evaluate is not False and can_eval:
+        ev = evaluate_prm_on_task(model, tokenizer, task, good_token_id=objective.good_token_id,
+                                  bad_token_id=objective.bad_token_id,
+                                  config=None if evaluate in (None, True) else evaluate,
+                                  max_length=max(512, data_cfg.max_length))
+        ev["model_dir"] = str(out)
+        ev["steps_trained"] = result.steps
+        (run_dir / "eval.json").write_text(json.dumps(ev, indent=1))
+        result.metrics = dict(result.metrics) | {"eval": ev}
+    (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
+                                                    indent=1, default=str))
+    return result
