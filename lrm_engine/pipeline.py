@@ -48,13 +48,13 @@ class PipelineConfig:
     # Share of SFT solutions with one injected wrong step (so the policy makes catchable errors).
     sft_noise: float = 0.15
     # SFT optimizer steps.
-    sft_steps: int = 700
+    sft_steps: int = 600
     # SFT micro-batch size.
     sft_batch: int = 32
     # SFT peak learning rate.
     sft_lr: float = 3e-3
     # Train-split problems annotated by mc_rollout.
-    annotate_problems: int = 400
+    annotate_problems: int = 256
     # Rollouts per step prefix (N of Math-Shepherd).
     annotate_rollouts: int = 4
     # PRM optimizer steps (the PRM starts from the SFT policy's weights).

@@ -75,7 +75,7 @@ def test_not_available_check_is_data_driven(monkeypatch):
 def test_search_without_components_names_the_options():
     r = run_lrm("search", "kernels=reference")
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
-    assert "lrm search needs policy=<option> (options: hf)" in r.stderr
+    assert "lrm search needs policy=<option> (options: hf, tree)" in r.stderr
 
 
 def test_evaluate_without_an_evaluator_is_not_available():
