@@ -6,9 +6,18 @@ Registered by name through the ``lrm_register_objectives`` hook (see :data:`FACT
 from .base import Objective, ObjectiveBase
 from .prm import PRMObjective, make_prm_objective
 from .sft import SFTObjective, make_sft_objective
+from .dpo import DPOObjective, make_dpo_objective, make_ipo_objective
+from .odpo import ODPOObjective, make_odpo_objective
+from .step_dpo import StepDPOObjective, make_step_dpo_objective
+from .grpo import GRPOObjective, make_grpo_objective
+from .ppo import PPOObjective, make_ppo_objective
 
 # Registry name -> factory, for the plugin that registers the built-in objectives.
 FACTORIES = {"sft": make_sft_objective, "prm": make_prm_objective}
+FACTORIES.update({"dpo": make_dpo_objective, "ipo": make_ipo_objective,
+                  "odpo": make_odpo_objective, "step_dpo": make_step_dpo_objective,
+                  "grpo": make_grpo_objective, "ppo": make_ppo_objective})
 
 __all__ = ["Objective", "ObjectiveBase", "PRMObjective", "SFTObjective", "make_prm_objective",
            "make_sft_objective", "FACTORIES"]
+__all__ += ["DPOObjective", "ODPOObjective", "StepDPOObjective", "GRPOObjective", "PPOObjective"]

@@ -13,6 +13,12 @@ One concept per module:
 - :mod:`.classifier_heads` — ``prm_head`` (two-class head) and ``value_head`` (sigmoid head).
 - :mod:`.loading`          — loading reward models offline; the embedded default's path.
 - :mod:`.factories`        — the registry factories behind ``reward=<name>``.
+- :mod:`.outcome`          — ``orm``: a head read only at the end of finished solutions.
+- :mod:`.verifier`         — ``verifier``: reference grading (Examples only; refused in search).
+- :mod:`.prompted`         — a prompted causal LM: batched greedy generation, two-token logits.
+- :mod:`.judge`            — ``judge``: LLM verdict per step, parsed robustly.
+- :mod:`.pairwise`         — ``pairwise``: A/B preference judge and Enhanced Borda Count.
+- :mod:`.family_factories` — the factories behind ``reward=orm | verifier | judge | pairwise``.
 """
 
 from lrm_engine.rewards.classifier_heads import TwoClassPRM, ValueHeadPRM

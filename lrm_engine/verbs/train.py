@@ -222,3 +222,43 @@ RECIPES: dict[str, Callable[[Any, Any, Path], dict[str, Any]]] = {
     "sft": recipe_sft,
     "prm": recipe_prm,
 }
+
+
+def recipe_pref(cfg: DictConfig, components: Components, run_dir: Path) -> dict[str, Any]:
+    """Preference pairs (``pref``: dpo, ipo, odpo; ``step_pref``: step_dpo) from a JSONL file
+    (malformed lines reported ``file:line`` and skipped) -> :func:`lrm_engine.train.pref.train_pref`."""
+    from lrm_engine.cli import UsageError
+    from lrm_engine.train.pref import PrefDataConfig, train_pref
+    from lrm_engine.train.pref_data import load_pref_jsonl
+
+    o = cfg.objective
+    obj = components.objective
+    if not o.get("data"):
+        raise UsageError(f"objective={o.name} needs objective.data=<preference JSONL path>",
+                         show_usage=False)
+    path = Path(str(o.data))
+    if not path.is_file():
+        raise UsageError(f"objective.data={o.data!r}: no such file", show_usage=False)
+    needs = bool(getattr(obj, "requires_scores", False))
+    report = load_pref_jsonl(path, limit=o.num_records, require_scores=needs, require_margin=needs)
+    if report.skipped:
+        print(f"lrm train: {report.skipped} malformed preference records skipped in {path} "
+              f"(first: {report.errors[0]})", file=sys.stderr)
+    if not report.records:
+        raise UsageError(f"{path}: no valid preference record", show_usage=False)
+    step = obj.batch_kind == "step_pref"
+    data = PrefDataConfig(max_length=o.max_length, shuffle=o.shuffle, add_eos=not step,
+                          completion_suffix=str(o.get("completion_suffix", "")) if step else "")
+    info = {"source": str(path.resolve()), "records": len(report.records),
+            "skipped": report.skipped, "errors": report.errors[:20]}
+    result = train_pref(run_dir, records=report.records, objective=obj,
+                        model=o.model.init or None, model_size=o.model.size,
+                        model_seed=o.model.seed, data=data, train=_train_config(cfg),
+                        data_info=info, callbacks=[_hook_callback()])
+    out = _summary(str(o.name), str(cfg.task.name), result)
+    out["data"] = {k: v for k, v in info.items() if k != "errors"}
+    return out
+
+
+RECIPES["pref"] = recipe_pref
+RECIPES["step_pref"] = recipe_pref

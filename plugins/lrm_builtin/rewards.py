@@ -1,6 +1,9 @@
 """Built-in reward plugin: incremental PRMs (lrm_engine.rewards) — ``prm_token``
 (Math-Shepherd good/bad token logits), ``prm_head`` (two-class head), ``value_head`` (sigmoid
 head). Each scores only the new step's tokens on its own cached per-node PRM KV.
+Also ``orm`` (the head at the end of finished solutions only), ``verifier`` (reference grading;
+refused inside search), ``judge`` (LLM verdict per step) and ``pairwise`` (A/B preference, Enhanced
+Borda Count). Every step reward is aggregated along a path by ``search_run.aggregation``.
 
 ``path: null`` means the embedded default PRM trained by ``lrm run``, loaded at first use.
 """
@@ -61,6 +64,81 @@ class ValueHeadSchema(_PRMCommon):
     name: str = "value_head"
 
 
+@dataclass
+class ORMSchema(_PRMCommon):
+    # Registry name of the reward model.
+    name: str = "orm"
+    # The head evaluated at the end of each finished solution: prm_token, prm_head or value_head.
+    head: str = "prm_token"
+    # Score of non-terminal steps: null = NaN (not scored; path aggregates skip them), or a
+    # number such as 0.5 (neutral, enters the aggregates).
+    nonterminal: Optional[float] = None
+    # GGUF file inside `path` (head=prm_token only; null: safetensors).
+    gguf_file: Optional[str] = None
+    # head=prm_token: the "good" token (null = prm_config.json's, else "+").
+    good_token: Optional[str] = None
+    # head=prm_token: the "bad" token (null = prm_config.json's, else "-").
+    bad_token: Optional[str] = None
+    # head=prm_head: which of the two classes means "good solution".
+    positive_class: int = 1
+
+
+@dataclass
+class VerifierSchema(RewardConfig):
+    # Registry name of the reward model (reference grading; refused inside search).
+    name: str = "verifier"
+    # exact (normalised text / exact numbers) or math (adds math-verify equivalence).
+    mode: str = "math"
+    # Prefix of the final-answer line (falls back to the last \boxed{...}).
+    answer_prefix: str = "Answer: "
+    # Seconds allowed for one math-verify comparison.
+    timeout: float = 5.0
+
+
+@dataclass
+class _PromptedCommon(RewardConfig):
+    # Local causal LM directory (loaded like policies); null = the embedded default policy model.
+    path: Optional[str] = None
+    # GGUF file inside `path` (null: safetensors).
+    gguf_file: Optional[str] = None
+    # Model dtype: float32, bfloat16 or float16.
+    dtype: str = "float32"
+    # Prompt template (null = the built-in one; see docs/rewards.md for its fields).
+    template: Optional[str] = None
+    # Score given when no verdict / preference can be made.
+    neutral: float = 0.5
+    # Longest prompt in tokens (longer prompts keep their end).
+    max_prompt_tokens: int = 2048
+    # Allow model code shipped with the checkpoint (off unless you trust it).
+    trust_remote_code: bool = False
+    # Device of the model: cpu or cuda.
+    device: str = "cpu"
+
+
+@dataclass
+class JudgeSchema(_PromptedCommon):
+    # Registry name of the reward model.
+    name: str = "judge"
+    # Tokens the judge may generate for its verdict (greedy).
+    max_new_tokens: int = 8
+
+
+@dataclass
+class PairwiseSchema(_PromptedCommon):
+    # Registry name of the reward model.
+    name: str = "pairwise"
+    # Answer token meaning "solution A is better" (one token of the judge's tokenizer).
+    a_token: str = "A"
+    # Answer token meaning "solution B is better".
+    b_token: str = "B"
+    # Ask every pair in both orders and average (cancels position bias).
+    both_orders: bool = True
+    # P(i > j) above this is a win in Enhanced Borda Count.
+    threshold: float = 0.5
+    # EBC ties (cycles): soft (re-rank by summed probabilities) or none (share the rank).
+    tie_break: str = "soft"
+
+
 @hookimpl
 def lrm_register_reward_models(registry):
     from lrm_engine.rewards.factories import make_prm_head, make_prm_token, make_value_head
@@ -71,10 +149,21 @@ def lrm_register_reward_models(registry):
                       description="two-class head PRM (Qwen2.5-Math-PRM style), incremental")
     registry.register("value_head", make_value_head,
                       description="sigmoid value head on each step, incremental")
+    from lrm_engine.rewards.family_factories import make_judge, make_orm, make_pairwise, make_verifier
+
+    registry.register("orm", make_orm, description="outcome reward: a head at the end of finished solutions")
+    registry.register("verifier", make_verifier,
+                      description="reference grading (exact / math-verify); training and analysis only, not search")
+    registry.register("judge", make_judge, description="LLM-as-a-judge verdict per step, parsed robustly")
+    registry.register("pairwise", make_pairwise,
+                      description="pairwise preference (A/B logits) with Enhanced Borda Count ranking")
 
 
 @hookimpl
 def lrm_register_configs(config_store):
     for name, node in (("prm_token", PRMTokenSchema), ("prm_head", PRMHeadSchema),
                        ("value_head", ValueHeadSchema)):
+        config_store.store(group="schema/reward", name=name, node=node)
+    for name, node in (("orm", ORMSchema), ("verifier", VerifierSchema), ("judge", JudgeSchema),
+                       ("pairwise", PairwiseSchema)):
         config_store.store(group="schema/reward", name=name, node=node)

@@ -209,3 +209,10 @@ def lrm_register_objectives(registry):
 def lrm_register_configs(config_store):
     for name, (schema, _description) in OBJECTIVES.items():
         config_store.store(group="schema/objective", name=name, node=schema)
+
+
+# Preference (dpo, ipo, odpo, step_dpo) and RL (grpo, ppo) objectives: schemas in pref_rl.py.
+from . import pref_rl as _pref_rl  # noqa: E402  (needs ModelInitConfig/TrainLoopConfig above)
+
+OBJECTIVES.update(_pref_rl.OBJECTIVES)
+RUN_KEYS.update(_pref_rl.RUN_KEYS)

@@ -1,0 +1,91 @@
+"""``train_pref``: the entry point behind ``lrm train objective=<dpo|ipo|odpo|step_dpo>``.
+
+    result = train_pref(run_dir, records=load_pref_jsonl(path).records, objective=DPOObjective(),
+                        model="<sft run>/model", train=TrainConfig(total_steps=200, lr=5e-5))
+
+It builds (or reuses, on resume) the run's tokenizer and policy (a local model folder — normally
+the SFT policy — or a fresh tiny Llama), the tokenised pairs (:mod:`lrm_engine.train.pref_data`)
+and their resumable batch source, and runs the one :class:`~lrm_engine.train.trainer.Trainer`.
+The objective's ``setup`` builds the frozen reference once (a copy of the starting policy, or
+the objective's ``ref_model`` folder). The trained policy ends up in ``<run_dir>/model``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .checkpoint import save_model_quietly
+from .pref_data import PrefBatchSource, PrefDataset, PrefRecord
+from .sft import _coerce
+from .trainer import TrainConfig, Trainer, TrainResult
+
+
+@dataclass
+class PrefDataConfig:
+    """How the preference pairs are tokenised and ordered."""
+
+    # Longest sequence (tokens, context + completion); longer ones are cut.
+    max_length: int = 256
+    # Append the end-of-sequence token to each completion (full completions; not for step pairs).
+    add_eos: bool = True
+    # Text appended to each completion (step pairs: the step delimiter).
+    completion_suffix: str = ""
+    # Shuffle the pairs each epoch (seed: TrainConfig.seed).
+    shuffle: bool = True
+
+
+def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective, model=None,
+               model_size: str = "tiny", model_seed: int = 0, tokenizer=None,
+               data: PrefDataConfig | Mapping | None = None, train: TrainConfig | Mapping | None = None,
+               data_info: Mapping[str, Any] | None = None,
+               callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = ()) -> TrainResult:
+    """Train a policy with a preference objective (see the module docstring)."""
+    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
+
+    run_dir = Path(run_dir)
+    data_cfg = _coerce(PrefDataConfig, data)
+    train_cfg = _coerce(TrainConfig, train)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = run_dir / "tokenizer"
+    if tokenizer is None:
+        if (tok_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(tok_dir)
+        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(model)
+        else:
+            tokenizer = build_char_tokenizer()
+    if not (tok_dir / "tokenizer.json").is_file():
+        save_tokenizer(tokenizer, tok_dir)
+
+    dataset = PrefDataset(records, tokenizer, data_cfg.max_length, add_eos=data_cfg.add_eos,
+                          completion_suffix=data_cfg.completion_suffix)
+    source = PrefBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
+                             shuffle=data_cfg.shuffle)
+    if model is None:
+        from ..models_tiny import make_tiny_llama
+
+        model = make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
+                                max_position_embeddings=max(512, data_cfg.max_length))
+    elif isinstance(model, (str, Path)):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
+
+    (run_dir / "run_config.json").write_text(json.dumps({
+        "objective": getattr(objective, "name", None), "model_size": model_size,
+        "model_seed": model_seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
+        "num_records": len(records), "num_pairs": len(dataset), "dropped": dataset.dropped,
+        "dataset_tokens": dataset.num_tokens, "data_info": dict(data_info or {}),
+    }, indent=1, default=str))
+    result = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer,
+                     callbacks=callbacks).train()
+    out = run_dir / "model"
+    save_model_quietly(model, out)
+    tokenizer.save_pretrained(str(out))
+    result.model_dir = str(out)
+    (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
+                                                    indent=1))
+    return result

@@ -1,0 +1,94 @@
+"""`lookahead`: beam search whose candidates are scored after k further greedy steps.
+
+Each round the kept beams expand ``beam_width`` sampled children each (``n`` candidates per
+problem at the first round, from the root). Every candidate is then rolled out ``lookahead``
+greedy steps (stopping early at the end of a solution or at ``ctx.max_steps``); the PRM scores
+every step as it is generated, and a candidate's score is the aggregated path score at the end
+of its look-ahead chain (Snell et al., "lookahead search"). The best ``n // beam_width`` chains
+survive.
+
+The look-ahead steps are ordinary tree nodes (their policy and PRM KV stay cached), and a
+surviving candidate keeps them: its next round extends from the end of its chain, so nothing is
+generated or scored twice (a tree node is expanded once, with all its children, so the chain's
+inner nodes could not take new siblings anyway). ``lookahead=0`` is plain beam search.
+
+Per round: one policy + one PRM call for the candidates, then one of each per look-ahead step,
+always for the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lrm_builtin.search.common import check_choice, finish
+from lrm_builtin.search.family_util import gather, greedy, is_terminal, leaves_lists, need_reward
+
+
+def roll_greedy(ctx, tree, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """Extend each node of start [B, M] by up to ``steps`` greedy steps (one batched call per
+    step); stop at terminals and at ctx.max_steps. Returns the chain ends [B, M]."""
+    tip = start.clone()
+    mode = greedy()
+    for _ in range(steps):
+        active = (tip >= 0) & ~is_terminal(tree, tip) & (gather(tree.depth, tip) < ctx.max_steps)
+        if not bool(active.any()):
+            break
+        exp = ctx.expand(tree, torch.where(active, tip, -1), 1, sampling=mode)
+        tip = torch.where(active & (exp.children[..., 0] >= 0), exp.children[..., 0], tip)
+    return tip
+
+
+@dataclass
+class LookaheadSearch:
+    """PRM beam search with k-step greedy look-ahead scoring."""
+
+    # Candidates scored per step per problem (the N of beam@N).
+    n: int = 4
+    # Children per kept beam; n // beam_width beams survive each round.
+    beam_width: int = 4
+    # Greedy steps rolled out past each candidate before the PRM scores it (0 = beam search).
+    lookahead: int = 1
+    # Final answer among finished candidates: best | majority | weighted.
+    choice: str = "best"
+    name: str = "lookahead"
+
+    def __post_init__(self):
+        check_choice(self.choice)
+        if self.n < 1 or self.beam_width < 1 or self.lookahead < 0:
+            raise ValueError("search.n and search.beam_width must be >= 1, search.lookahead >= 0")
+
+    def run(self, ctx, problems):
+        need_reward(ctx, self.name)
+        width = min(self.beam_width, self.n)
+        keep = max(1, self.n // width)
+        A = max(self.n, width)
+        cap = 1 + self.n * (ctx.max_steps + 1) * (1 + self.lookahead)
+        tree = ctx.new_tree(problems, num_actions=A, capacity=cap)
+        B = tree.batch_size
+        ar = torch.arange(B)[:, None]
+        exp = ctx.expand(tree, torch.zeros((B, 1), dtype=torch.int32), self.n)
+        cand = exp.children.view(B, -1)
+        finished: list[list[int]] = [[] for _ in range(B)]
+        tips = cand
+        while True:
+            tips = roll_greedy(ctx, tree, cand, self.lookahead)
+            ok = tips >= 0
+            term = is_terminal(tree, tips)
+            for b, j in term.nonzero().tolist():
+                finished[b].append(int(tips[b, j]))
+            alive = ok & ~term & (gather(tree.depth, tips) < ctx.max_steps)
+            if not bool(alive.any()):
+                break
+            scores = ctx.path_scores(tree)[ar, tips.clamp_min(0).long()]
+            _, idx = ctx.ops.topk_per_tree(scores.contiguous(), keep, alive.contiguous())
+            beams = torch.where(idx >= 0, tips.gather(1, idx.clamp_min(0).long()), -1)
+            exp = ctx.expand(tree, beams.to(torch.int32), width)
+            cand = exp.children.view(B, -1)
+        for b in range(B):  # no finished chain (step limit): the best unfinished ones
+            if not finished[b]:
+                finished[b] = leaves_lists(tips[b: b + 1])[0]
+        out = finish(ctx, tree, problems, finished, self.choice)
+        ctx.policy.release(tree)
+        return out
