@@ -53,10 +53,17 @@ class SearchContext:
     max_steps: int = 12
     # Grow trees when they run out of node slots instead of failing.
     grow_nodes: bool = True
+    # export.tree=json|html: searches attach each problem's whole tree to its SearchResult
+    # (common.finish reads it before the policy releases the tree; lrm_engine/export/).
+    export_trees: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation)
+        # Rewards that need Example.reference (the verifier) have no place inside search.
+        from lrm_engine.rewards.verifier import refuse_reference_rewards
+
+        refuse_reference_rewards(self.reward)
         if self.ops is None:
             from lrm_engine.ops import get_backend
 
@@ -174,6 +181,11 @@ def run_search(
         batch = todo[i: i + batch_size]
         before = ctx.counters()
         out = search.run(ctx, batch)
+        if ctx.export_trees:
+            from lrm_engine.export.tree_json import sync_chosen
+
+            for r in out:
+                sync_chosen(r)  # the chosen path of the final answer (set after finish)
         delta = counters_delta(ctx.counters(), before)
         per = {k: v // max(len(batch), 1) for k, v in delta.items()}
         recs = []

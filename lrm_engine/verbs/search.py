@@ -15,6 +15,10 @@
    already there (resumable).
 4. A summary (accuracy; tokens computed and reused by the policy and by the PRM, summed over
    the records, resumed ones included) is printed and written to ``summary.json``.
+5. ``export.tree=json|html``: every record keeps its searched tree (``"tree"``: nodes with step
+   text, PRM score, visits, the chosen path; lrm_engine/export/tree_json.py); ``html`` also
+   writes one self-contained viewer of all the records' trees to ``export.path`` (default
+   ``<runtime.output_dir>/trees.html``), ``json`` a list of the trees (default ``trees.json``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
 # Defaults of the ``search_run`` config node (used when the node is absent).
 SEARCH_RUN_DEFAULTS = {"split": "test", "limit": None, "batch_size": 8, "max_steps": 12,
                        "aggregation": "min"}
+# Defaults of the ``export`` config node (used when the node is absent).
+EXPORT_DEFAULTS = {"tree": "none", "path": None}
 
 
 class GradedResults(ResultsFile):
@@ -68,6 +74,35 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     if node is not None:
         out.update(OmegaConf.to_container(node, resolve=True))
     return out
+
+
+def export_settings(cfg: DictConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from lrm_engine.export import check_tree_export
+
+    node = cfg.get("export")
+    out = dict(EXPORT_DEFAULTS)
+    if node is not None:
+        out.update(OmegaConf.to_container(node, resolve=True))
+    out["tree"] = check_tree_export(str(out["tree"] if out["tree"] is not None else "none"))
+    return out
+
+
+def write_trees(records: list[dict[str, Any]], out_dir: Path, ex: Mapping[str, Any],
+                title: str = "lrm search trees") -> Path | None:
+    """Write the records' trees (export.tree=html: the viewer; json: a JSON list); the path."""
+    from lrm_engine.export.tree_html import trees_from_records, write_html
+
+    if ex["tree"] == "none":
+        return None
+    trees = trees_from_records(records)
+    if ex["tree"] == "html":
+        return write_html(trees, ex["path"] or out_dir / "trees.html", title=title)
+    path = Path(str(ex["path"] or out_dir / "trees.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(trees, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 def unavailable(cfg: DictConfig, components: Components) -> str | None:
@@ -113,6 +148,7 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
 
     task, policy, reward, search = components.task, components.policy, components.reward, components.search
     s = settings(cfg)
+    ex = export_settings(cfg)
     examples = list(task.examples(s["split"]))
     if s["limit"] is not None:
         examples = examples[: int(s["limit"])]
@@ -126,6 +162,7 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         policy=policy, step=task.step, prompt=task.prompt, reward=reward,
         sampling=getattr(policy, "sampling", None), ops=components.kernels,
         aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
+        export_trees=ex["tree"] != "none",
     )
     out_dir = Path(str(cfg.runtime.output_dir))
     results = GradedResults(out_dir / "results.jsonl", by_id, task)
@@ -156,6 +193,9 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         "timings_s": {k: round(v, 3) for k, v in ctx.timings.items()},
         "results": str(out_dir / "results.jsonl"),
     })
+    trees = write_trees(records, out_dir, ex, title=f"lrm search: {summary['search']} on {summary['task']}")
+    if trees is not None:
+        summary["trees"] = str(trees)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(
         f"lrm search: {summary['correct']}/{summary['problems']} correct "

@@ -61,7 +61,11 @@ def choose(candidates: list[dict[str, Any]], how: str) -> tuple[int, float]:
 
 
 def finish(ctx, tree, problems, leaves: list[list[int]], how: str) -> list[SearchResult]:
-    """Build SearchResults from each tree's finished leaves (node slots), choosing by ``how``."""
+    """Build SearchResults from each tree's finished leaves (node slots), choosing by ``how``.
+
+    With ``ctx.export_trees`` each result also gets its whole tree (``SearchResult.tree``, see
+    lrm_engine/export/tree_json.py): call this before ``ctx.policy.release(tree)``.
+    """
     scores = ctx.path_scores(tree)
     out = []
     for b, prob in enumerate(problems):
@@ -78,6 +82,15 @@ def finish(ctx, tree, problems, leaves: list[list[int]], how: str) -> list[Searc
             score=math.nan if sc is None else float(sc),
             steps=ctx.step.split_steps(chosen["text"]), candidates=cands,
         ))
+        if getattr(ctx, "export_trees", False):
+            # export.tree=json|html: the whole tree, read now, before the policy releases it.
+            from lrm_engine.export.tree_json import tree_to_dict
+
+            out[-1].tree = tree_to_dict(
+                ctx, tree, b, prob, chosen=cands[i]["node"] if i >= 0 else None,
+                candidates=leaves[b], answer=chosen["answer"],
+                score=None if sc is None else float(sc), path_scores=scores,
+            )
     return out
 
 
