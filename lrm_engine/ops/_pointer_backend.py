@@ -12,6 +12,7 @@ Semantics: lrm_engine/ops/reference.py.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from typing import Any
 
@@ -57,6 +58,10 @@ FIELD_DTYPES = {
     "num_nodes": _I32,
     "vvisit": _I32,
 }
+# The 16 fields of a tree in TREE_FIELDS order, in one C-level call.
+_TREE_TENSORS = operator.attrgetter(*TREE_FIELDS)
+_is = operator.is_
+_Tensor = torch.Tensor
 RULES = {"puct": 0, "uct": 1}
 SEGMENT_OPS = {"min": 0, "max": 1, "sum": 2, "mean": 3, "last": 4, "prod": 5}
 
@@ -71,9 +76,11 @@ class PointerBackend:
 
     name = "?"
     _m: Any
+    # True when `_extra(device)` returns the same tuple on every call (cached per tree then).
+    _extra_is_static = False
 
     def __init__(self) -> None:
-        # id(tree) -> (tensor ids, tensors, TreeView, parent data_ptr, weakref to the tree)
+        # id(tree) -> (tensors, parent data_ptr, TreeView, device, weakref to the tree, extra args)
         self._views: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ hooks
@@ -86,6 +93,9 @@ class PointerBackend:
     # ------------------------------------------------------------------ helpers
     def _input(self, t: Any, dtype: torch.dtype, shape: tuple, what: str, device) -> torch.Tensor:
         """A read-only input as a contiguous tensor of dtype and shape on the tree's device."""
+        if type(t) is _Tensor and t.dtype is dtype and t.shape == shape and t.is_contiguous():
+            self._check_device(t, what, device)  # the common case: nothing to convert
+            return t
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t, device=device)
         self._check_device(t, what, device)
@@ -96,39 +106,36 @@ class PointerBackend:
         return t
 
     def _view(self, tree: BatchedTree):
-        ts = (
-            tree.parent,
-            tree.action_from_parent,
-            tree.depth,
-            tree.children_index,
-            tree.children_prior,
-            tree.visit_count,
-            tree.value_sum,
-            tree.step_score,
-            tree.path_min,
-            tree.path_sum,
-            tree.path_sum_log,
-            tree.path_last,
-            tree.path_len,
-            tree.terminal,
-            tree.num_nodes,
-            tree.vvisit,
-        )
-        key = tuple(map(id, ts))
-        tid = id(tree)
-        e = self._views.get(tid)
-        # An entry holds the tensors themselves, so their ids cannot be reused while it exists;
+        """The TreeView of `tree` (cached per live tree)."""
+        return self._entry(tree)[2]
+
+    def _entry(self, tree: BatchedTree) -> tuple:
+        """Cache entry of `tree`: (tensors, parent data_ptr, TreeView, device, weakref, ext).
+
+        `ext` is the tuple of trailing kernel arguments (`_extra(device)`) when it does not
+        change between calls (`_extra_is_static`), else None.
+        """
+        ts = _TREE_TENSORS(tree)
+        e = self._views.get(id(tree))
+        # An entry holds the tensors themselves, so identity with them means the same tensors;
         # the data pointer check catches a storage swapped in place (set_, resize_).
-        if e is not None and e[0] == key and e[3] == ts[0].data_ptr():
-            return e[2]
+        if e is not None and all(map(_is, ts, e[0])) and e[1] == ts[0].data_ptr():
+            return e
+        return self._new_entry(tree, ts, e)
+
+    def _new_entry(self, tree: BatchedTree, ts: tuple, e) -> tuple:
+        tid = id(tree)
         view = self._make_view(ts)
         if e is not None and e[4]() is tree:
             ref = e[4]
         else:  # one entry per live tree, dropped when the tree is garbage-collected
             views = self._views
             ref = weakref.ref(tree, lambda _r, tid=tid, views=views: views.pop(tid, None))
-        self._views[tid] = (key, ts, view, ts[0].data_ptr(), ref)
-        return view
+        dev = ts[0].device
+        ext = self._extra(dev) if self._extra_is_static else None
+        entry = (ts, ts[0].data_ptr(), view, dev, ref, ext)
+        self._views[tid] = entry
+        return entry
 
     def _make_view(self, ts: tuple):
         parent = ts[0]
@@ -168,22 +175,40 @@ class PointerBackend:
         c2: float = 19652.0,
         uct_c: float = math.sqrt(2.0),
         virtual_loss: float = 1.0,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See reference.select. `out`: optional (node, action) int32 [B, K] contiguous tensors
+        on the tree's device to write the result into (returned); default: new tensors."""
         r = RULES.get(rule)
         if r is None:
             raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
-        view = self._view(tree)
+        _ts, _p, view, dev, _ref, ext = self._entry(tree)
         K = int(num_leaves)
         if K < 0:
             raise ValueError(f"num_leaves must be >= 0, got {K}")
-        dev = tree.parent.device
-        node = torch.empty(view.B, K, dtype=_I32, device=dev)
-        action = torch.empty(view.B, K, dtype=_I32, device=dev)
+        if out is None:
+            node = torch.empty((view.B, K), dtype=_I32, device=dev)
+            action = torch.empty_like(node)
+        else:
+            node, action = out
+            self._output(node, (view.B, K), "out[0]", dev)
+            self._output(action, (view.B, K), "out[1]", dev)
         self._m.select(
             view, K, r, float(c1), float(c2), float(uct_c), float(virtual_loss),
-            node.data_ptr(), action.data_ptr(), *self._extra(dev),
+            node.data_ptr(), action.data_ptr(), *(self._extra(dev) if ext is None else ext),
         )
         return node, action
+
+    def _output(self, t: Any, shape: tuple, what: str, device) -> None:
+        """Checks a caller-provided int32 output buffer (written in place)."""
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        self._check_device(t, what, device)
+        if t.dtype is not _I32 or t.shape != shape or not t.is_contiguous():
+            raise ValueError(
+                f"{what} must be a contiguous int32 tensor of shape {list(shape)}, got "
+                f"{t.dtype} {list(t.shape)}{'' if t.is_contiguous() else ' (not contiguous)'}"
+            )
 
     def expand(
         self,
@@ -192,14 +217,16 @@ class PointerBackend:
         leaf_action: torch.Tensor,
         child_prior: torch.Tensor,
         terminal: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        view = self._view(tree)
+        """See reference.expand. `out`: optional int32 [B, K] contiguous tensor on the tree's
+        device for the new node indices (returned); default: a new tensor."""
+        _ts, _p, view, dev, _ref, ext = self._entry(tree)
         B, A = view.B, view.A
         if leaf_node.dim() != 2:
             raise ValueError(f"leaf_node must be [B, K], got shape {list(leaf_node.shape)}")
         K = leaf_node.shape[1]
         bk = (B, K)
-        dev = tree.parent.device
         leaf_node = self._input(leaf_node, _I32, bk, "leaf_node", dev)
         leaf_action = self._input(leaf_action, _I32, bk, "leaf_action", dev)
         child_prior = self._input(child_prior, _F32, (B, K, A), "child_prior", dev)
@@ -207,10 +234,14 @@ class PointerBackend:
         if terminal is not None:
             terminal = self._input(terminal, _BOOL, bk, "terminal", dev)
             term = terminal.data_ptr()
-        new = torch.empty(B, K, dtype=_I32, device=dev)
+        if out is None:
+            new = torch.empty(bk, dtype=_I32, device=dev)
+        else:
+            self._output(out, bk, "out", dev)
+            new = out
         self._m.expand(
             view, K, leaf_node.data_ptr(), leaf_action.data_ptr(), child_prior.data_ptr(), term,
-            new.data_ptr(), *self._extra(dev),
+            new.data_ptr(), *(self._extra(dev) if ext is None else ext),
         )
         return new
 
@@ -222,11 +253,10 @@ class PointerBackend:
         step_scores: torch.Tensor | None = None,
         discount: float = 1.0,
     ) -> None:
-        view = self._view(tree)
+        _ts, _p, view, dev, _ref, ext = self._entry(tree)
         if nodes.dim() != 2:
             raise ValueError(f"nodes must be [B, K], got shape {list(nodes.shape)}")
         bk = (view.B, nodes.shape[1])
-        dev = tree.parent.device
         nodes = self._input(nodes, _I32, bk, "nodes", dev)
         values = self._input(values, _F32, bk, "values", dev)
         sp = 0
@@ -234,7 +264,8 @@ class PointerBackend:
             step_scores = self._input(step_scores, _F32, bk, "step_scores", dev)
             sp = step_scores.data_ptr()
         self._m.backup(
-            view, bk[1], nodes.data_ptr(), values.data_ptr(), sp, float(discount), *self._extra(dev)
+            view, bk[1], nodes.data_ptr(), values.data_ptr(), sp, float(discount),
+            *(self._extra(dev) if ext is None else ext),
         )
 
     # ------------------------------------------------------------------ flat ops

@@ -31,6 +31,7 @@ class CppBackend(PointerBackend):
 
     name = "cpp"
     _m = _C
+    _extra_is_static = True  # no trailing kernel arguments
 
     def _check_device(self, t: torch.Tensor, what: str, device) -> None:
         if not t.is_cpu:
