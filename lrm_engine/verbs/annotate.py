@@ -1,4 +1,4 @@
-"""``lrm annotate``: process labels for a task's problems, written as a TRL PRM dataset.
+"""``lrm annotate``: process labels, preference pairs or SFT trajectories for a task's problems.
 
     lrm annotate task=arith policy=hf [policy.path=<dir>] annotate=mc_rollout \\
         annotate.num_rollouts=8 [search_run.split=train search_run.limit=200]
@@ -9,6 +9,13 @@ never does). Records ``{"prompt", "completions", "labels", "soft_labels", "id", 
 to ``<runtime.output_dir>/prm.jsonl`` batch by batch; a rerun with the same folder skips the
 problems already labelled (resumable). ``search_run`` gives the split, the limit, the batch size
 and the step limit (shared with ``lrm search``).
+
+The annotator picks the output (``output_format`` / ``open_output``): PRM ``prm.jsonl``
+(mc_rollout, omegaprm, judge), DPO ``pairs.jsonl`` (pairs), SFT ``journey.jsonl`` (journey); the
+grouped writers keep a ledger ``<file>.done`` of finished problems (exactly once after a kill).
+``annotate.input_file=<jsonl>`` (annotators that have it) reads problems from a file instead of
+the task split; malformed lines are counted and skipped. The summary reloads the file with its
+format's loader and reports valid / skipped lines.
 """
 
 from __future__ import annotations
@@ -42,7 +49,12 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     task, policy, annotator = components.task, components.policy, components.annotator
     s = settings(cfg)
     split = s["split"] if cfg.get("search_run") is not None and "split" in cfg.search_run else "train"
-    examples = list(task.examples(split))
+    input_errors: list[str] = []
+    input_file = getattr(annotator, "input_file", None)
+    if input_file:  # problems from a JSONL file instead of the task's split (malformed lines counted)
+        examples, input_errors = annotator.read_input()
+    else:
+        examples = list(task.examples(split))
     if s["limit"] is not None:
         examples = examples[: int(s["limit"])]
     if callable(getattr(policy, "configure", None)):
@@ -51,19 +63,49 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
                         sampling=getattr(policy, "sampling", None), ops=components.kernels,
                         max_steps=int(s["max_steps"]))
     out_dir = Path(str(cfg.runtime.output_dir))
-    out = ResultsFile(out_dir / "prm.jsonl")
+    # The annotator picks its output: PRM (prm.jsonl), DPO (pairs.jsonl) or SFT (journey.jsonl).
+    fmt = str(getattr(annotator, "output_format", "prm"))
+    if callable(getattr(annotator, "open_output", None)):
+        out = annotator.open_output(out_dir)
+    else:
+        out = ResultsFile(out_dir / "prm.jsonl")
     t0 = time.perf_counter()
     recs = annotator.annotate(ctx, examples, task.grade, out, batch_size=int(s["batch_size"]),
                               progress=bool(cfg.runtime.get("progress", True)))
-    steps = sum(len(r["labels"]) for r in recs)
-    summary = {
-        "records": len(recs),
-        "steps": steps,
-        "positive_steps": int(sum(sum(r["labels"]) for r in recs)),
-        "policy_tokens": ctx.counters(),
-        "tokens_per_labelled_step": (ctx.counters().get("policy_tokens_computed", 0) / steps) if steps else None,
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "output": str(out_dir / "prm.jsonl"),
-    }
+    summary: dict[str, Any] = {"records": len(recs), "format": fmt}
+    if fmt == "prm":
+        steps = sum(len(r["labels"]) for r in recs)
+        summary.update(
+            steps=steps,
+            positive_steps=int(sum(sum(float(x) > 0.5 for x in r["labels"]) for r in recs)),
+            tokens_per_labelled_step=(ctx.counters().get("policy_tokens_computed", 0) / steps) if steps else None,
+        )
+    summary.update(
+        policy_tokens=ctx.counters(),
+        wall_s=round(time.perf_counter() - t0, 2),
+        output=str(out.path),
+    )
+    stats = getattr(annotator, "stats", None)
+    if stats is not None:
+        summary["counts"] = dict(stats)
+    if input_file:
+        summary["malformed_input_lines"] = len(input_errors)
+    summary["validation"] = validate_output(fmt, out.path)
     (out_dir / "annotate_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def validate_output(fmt: str, path: Path) -> dict[str, Any]:
+    """Load the written file back with the loader of its format: valid and skipped lines."""
+    if not Path(path).exists():
+        return {"valid": 0, "skipped": 0}
+    if fmt == "prm":
+        from lrm_engine.train.prm_data import load_prm_jsonl as load
+    elif fmt == "dpo":
+        from lrm_engine.train.pref_data import load_pref_jsonl as load
+    elif fmt == "sft":
+        from lrm_engine.train.sft_data import load_sft_jsonl as load
+    else:
+        return {"unknown_format": fmt}
+    rep = load(path)
+    return {"valid": len(rep.records), "skipped": rep.skipped, "errors": rep.errors[:5]}
