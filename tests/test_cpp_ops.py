@@ -310,3 +310,12 @@ def test_view_cache_one_entry_per_live_tree():
     del trees[1:]
     gc.collect()
     assert len(be._views) == 1
+
+
+def test_vectorised_select_path_matches_reference():
+    """A = 8, one leaf per tree, PUCT (the AVX2 eight-trees-interleaved descent on CPUs that have
+    AVX2; the other shapes above take the scalar loop): the reference's trees bit for bit, with
+    tree counts that are not multiples of eight, terminals and invalid actions."""
+    run_loop(13, 70, 8, 1, 60, "puct", seed=11, discount=1.0)
+    run_loop(9, 70, 8, 1, 40, "puct", seed=12, terminal_frac=0.4, invalid_frac=0.5, virtual_loss=2.0)
+    run_loop(17, 50, 8, 1, 30, "puct", seed=13, terminal_frac=0.0, invalid_frac=0.0, discount=0.9)
