@@ -21,3 +21,10 @@ FACTORIES.update({"dpo": make_dpo_objective, "ipo": make_ipo_objective,
 __all__ = ["Objective", "ObjectiveBase", "PRMObjective", "SFTObjective", "make_prm_objective",
            "make_sft_objective", "FACTORIES"]
 __all__ += ["DPOObjective", "ODPOObjective", "StepDPOObjective", "GRPOObjective", "PPOObjective"]
+
+# VinePPO (MC step values through the tree engine) and ReST-MCTS* (self-training iterations).
+from .vineppo import VinePPOObjective, make_vineppo_objective  # noqa: E402
+from .rest_mcts import RestMCTSObjective, make_rest_mcts_objective  # noqa: E402
+
+FACTORIES.update({"vineppo": make_vineppo_objective, "rest_mcts": make_rest_mcts_objective})
+__all__ += ["VinePPOObjective", "RestMCTSObjective"]

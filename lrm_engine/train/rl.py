@@ -11,9 +11,10 @@ rewards each with ``task.grade(example, completion)`` (1.0 / 0.0: the arith veri
 ``arith`` task). The batch is the rollout layout of :mod:`lrm_engine.objectives.grpo` (one
 group per prompt, contiguous rows, ``group_offsets``), plus ``accuracy``.
 
-Status: a skeleton for issue 7 §4 — sampling goes through Hugging Face ``generate`` (not yet the
-tree engine's SearchContext/HFPolicy), a single optimisation per rollout (no ``old_logps``), no
-PRM reward, no evaluation loop; the train verb has no ``rollout`` recipe yet.
+Sampling goes through Hugging Face ``generate`` (one left-padded call per batch,
+``batch_generate``), a single optimisation per rollout (no ``old_logps``). ``reward_fn`` adds an
+extra reward (the PRM's score, :mod:`lrm_engine.train.rl_run`) to the verifier's; ``accuracy``
+is always the verifier's share. The ``lrm train`` recipe is :mod:`lrm_engine.train.rl_run`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class GroupRolloutSource:
 
     def __init__(self, model, tokenizer, task, *, split: str = "train", num_prompts: int | None = None,
                  prompts_per_batch: int = 8, num_generations: int = 8, max_new_tokens: int = 128,
-                 temperature: float = 1.0, seed: int = 0, shuffle: bool = True):
+                 temperature: float = 1.0, seed: int = 0, shuffle: bool = True,
+                 reward_fn=None, batch_generate: bool = True):
         if prompts_per_batch <= 0 or num_generations <= 0:
             raise ValueError("prompts_per_batch and num_generations must be positive")
         self.model, self.tokenizer, self.task = model, tokenizer, task
@@ -46,6 +48,11 @@ class GroupRolloutSource:
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
         self.order = DataOrder(len(exs), seed, shuffle)
         self.position = 0
+        # Optional extra reward: reward_fn(examples, completion_texts) -> list of floats added to
+        # the verifier's 1/0 (e.g. the PRM's score of the solution, see lrm_engine.train.rl_run).
+        self.reward_fn = reward_fn
+        # One generate call for all prompts of a batch (left-padded), instead of one per prompt.
+        self.batch_generate = bool(batch_generate)
 
     @torch.no_grad()
     def _sample(self, prompt_ids: list[int], gen_seed: int) -> list[list[int]]:
@@ -71,21 +78,64 @@ class GroupRolloutSource:
             comps.append(row)
         return comps
 
+    @torch.no_grad()
+    def _sample_many(self, prompts: list[list[int]], gen_seed: int) -> list[list[list[int]]]:
+        """``num_generations`` completions of every prompt, one left-padded generate call."""
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        torch.manual_seed(gen_seed)
+        L = max(len(p) for p in prompts)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(prompts), L), pad, dtype=torch.long)
+        am = torch.zeros((len(prompts), L), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, L - len(p):] = torch.tensor(p)
+            am[r, L - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=am.to(device), do_sample=True,
+                             temperature=self.temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=self.max_new_tokens,
+                             num_return_sequences=self.num_generations,
+                             eos_token_id=tok.eos_token_id, pad_token_id=pad)
+        if was_training:
+            model.train()
+        groups: list[list[list[int]]] = [[] for _ in prompts]
+        for n, row in enumerate(out[:, L:].tolist()):
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id) + 1]
+            else:
+                row = [t for t in row if t != pad]
+            groups[n // self.num_generations].append(row)
+        return groups
+
     def next_batch(self):
         tok = self.tokenizer
         idx = self.order.take(self.position, self.prompts_per_batch)
         gen_seed = self.seed * 1_000_003 + self.position
         self.position += self.prompts_per_batch
         rows, masks, rewards, offsets = [], [], [], [0]
+        prompts = [tok.encode(self.task.prompt(self.examples[i].problem), add_special_tokens=True)
+                   for i in idx]
+        if self.batch_generate:
+            comps = self._sample_many(prompts, gen_seed)
+        else:
+            comps = [self._sample(p, gen_seed + k) for k, p in enumerate(prompts)]
+        verified, exs, texts = [], [], []
         for k, i in enumerate(idx):
-            ex = self.examples[i]
-            p = tok.encode(self.task.prompt(ex.problem), add_special_tokens=True)
-            for c in self._sample(p, gen_seed + k):
+            ex, p = self.examples[i], prompts[k]
+            for c in comps[k]:
                 text = tok.decode([t for t in c if t != tok.eos_token_id], skip_special_tokens=True)
-                rewards.append(1.0 if self.task.grade(ex, text) else 0.0)
+                verified.append(1.0 if self.task.grade(ex, text) else 0.0)
+                exs.append(ex)
+                texts.append(text)
                 rows.append(p + c)
                 masks.append([0] * len(p) + [1] * len(c))
             offsets.append(len(rows))
+        rewards = list(verified)
+        if self.reward_fn is not None:
+            extra = self.reward_fn(exs, texts)
+            rewards = [r + float(e) for r, e in zip(rewards, extra)]
         T = max(len(r) for r in rows)
         N = len(rows)
         ids = torch.full((N, T), tok.pad_token_id, dtype=torch.long)
@@ -99,7 +149,7 @@ class GroupRolloutSource:
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": am, "completion_mask": cm,
                                  "rewards": r, "group_offsets": torch.tensor(offsets),
                                  "max_completion_length": self.max_new_tokens,
-                                 "accuracy": float(r.mean())}
+                                 "accuracy": float(torch.tensor(verified).mean())}
         return batch, list(idx)
 
     @property

@@ -262,3 +262,11 @@ def recipe_pref(cfg: DictConfig, components: Components, run_dir: Path) -> dict[
 
 RECIPES["pref"] = recipe_pref
 RECIPES["step_pref"] = recipe_pref
+
+
+# RL recipes (grpo / ppo / vineppo on rollouts, rest_mcts self-training): lrm_engine/verbs/train_rl.py.
+from lrm_engine.verbs.train_rl import recipe_rest_mcts, recipe_rollout  # noqa: E402
+
+RECIPES["rollout"] = recipe_rollout
+RECIPES["vine_rollout"] = recipe_rollout
+RECIPES["rest_mcts"] = recipe_rest_mcts

@@ -216,3 +216,9 @@ from . import pref_rl as _pref_rl  # noqa: E402  (needs ModelInitConfig/TrainLoo
 
 OBJECTIVES.update(_pref_rl.OBJECTIVES)
 RUN_KEYS.update(_pref_rl.RUN_KEYS)
+
+# VinePPO and ReST-MCTS* schemas: rl_search.py.
+from . import rl_search as _rl_search  # noqa: E402
+
+OBJECTIVES.update(_rl_search.OBJECTIVES)
+RUN_KEYS.update(_rl_search.RUN_KEYS)

@@ -137,6 +137,34 @@ class RolloutConfig:
 
 
 @dataclass
+class RLPRMConfig:
+    """An optional PRM reward added to the verifier's 1/0 in on-policy runs."""
+
+    # prm_token PRM folder; "default": the embedded default PRM of `lrm run`; null: verifier only.
+    path: Optional[str] = None
+    # Weight of the PRM's min-over-steps P(good) in the reward.
+    weight: float = 0.5
+
+
+@dataclass
+class RLEvalConfig:
+    """Greedy accuracy (tree engine) of the policy before and after an on-policy run."""
+
+    # Evaluate before and after training (written to <run_dir>/eval.json).
+    enabled: bool = True
+    # Task split of the evaluation problems.
+    split: str = "test"
+    # Evaluation problems (null: the whole split).
+    num_problems: Optional[int] = 100
+    # Most steps per greedy solution.
+    max_steps: int = 10
+    # Longest step in tokens.
+    max_step_tokens: int = 24
+    # Problems per greedy search batch.
+    batch_size: int = 32
+
+
+@dataclass
 class GRPOObjectiveConfig(ObjectiveConfig):
     """``objective=grpo``: GRPO with group-normalised advantages and k3 KL to a reference."""
 
@@ -160,10 +188,14 @@ class GRPOObjectiveConfig(ObjectiveConfig):
     run_name: Optional[str] = None
     # How completions are sampled.
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    # The policy to train (init: the SFT policy's model folder).
+    # The policy to train (init null: the embedded default SFT policy of `lrm run`).
     model: ModelInitConfig = field(default_factory=ModelInitConfig)
     # Training-loop knobs.
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # Optional PRM reward added to the verifier's.
+    prm: RLPRMConfig = field(default_factory=RLPRMConfig)
+    # Greedy accuracy before / after (not part of the run's settings hash).
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
 
 @dataclass
@@ -192,14 +224,18 @@ class PPOObjectiveConfig(ObjectiveConfig):
     run_name: Optional[str] = None
     # How completions are sampled.
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    # The policy to train (init: the SFT policy's model folder).
+    # The policy to train (init null: the embedded default SFT policy of `lrm run`).
     model: ModelInitConfig = field(default_factory=ModelInitConfig)
     # Training-loop knobs.
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # Optional PRM reward added to the verifier's.
+    prm: RLPRMConfig = field(default_factory=RLPRMConfig)
+    # Greedy accuracy before / after (not part of the run's settings hash).
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
 
 _PREF_RUN = ("data", "num_records", "max_length", "shuffle", "run_name", "model", "train")
-_RL_RUN = ("run_name", "rollout", "model", "train")
+_RL_RUN = ("run_name", "rollout", "model", "train", "prm", "eval")
 
 RUN_KEYS: dict[str, tuple[str, ...]] = {
     "dpo": _PREF_RUN, "ipo": _PREF_RUN, "odpo": _PREF_RUN,

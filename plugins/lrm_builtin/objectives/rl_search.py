@@ -1,0 +1,137 @@
+"""Option schemas of ``vineppo`` (MC values through the tree engine) and ``rest_mcts``
+(ReST-MCTS* self-training); the package's ``__init__`` adds them to ``OBJECTIVES`` / ``RUN_KEYS``.
+The user-facing options are conf/objective/vineppo.yaml and conf/objective/rest_mcts.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lrm_engine.config import ObjectiveConfig
+
+from . import ModelInitConfig, TrainLoopConfig
+from .pref_rl import RLEvalConfig, RLPRMConfig
+
+
+@dataclass
+class VineRolloutConfig:
+    """How a vineppo run samples trajectories and values their states."""
+
+    # Task split the prompts come from.
+    split: str = "train"
+    # Use the first this many problems of the split (null: all).
+    num_prompts: Optional[int] = 2000
+    # Prompts per rollout batch.
+    prompts_per_batch: int = 4
+    # Trajectories sampled per prompt.
+    num_generations: int = 4
+    # Monte-Carlo completions per (deduplicated) state: K of VinePPO.
+    mc_rollouts: int = 4
+    # Sampling temperature (trajectories and MC completions).
+    temperature: float = 1.0
+    # Most steps per solution.
+    max_steps: int = 10
+    # Longest step in tokens.
+    max_step_tokens: int = 24
+    # Unused by vineppo (the step limits bound a solution); kept for the shared rollout settings.
+    max_new_tokens: int = 256
+
+
+@dataclass
+class VinePPOObjectiveConfig(ObjectiveConfig):
+    """``objective=vineppo``: clipped PPO on Monte-Carlo step advantages (no critic)."""
+
+    # Registry name of the objective.
+    name: str = "vineppo"
+    # ε: clip range of the policy ratio.
+    epsilon: float = 0.2
+    # β: weight of the per-token k3 KL to the reference (0: no reference model).
+    beta: float = 0.0
+    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
+    ref_model: Optional[str] = None
+    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
+    run_name: Optional[str] = None
+    # How trajectories and MC values are drawn.
+    rollout: VineRolloutConfig = field(default_factory=VineRolloutConfig)
+    # The policy to train (init null: the embedded default SFT policy of `lrm run`).
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    # Training-loop knobs.
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # Optional PRM reward added to the verifier's.
+    prm: RLPRMConfig = field(default_factory=RLPRMConfig)
+    # Greedy accuracy before / after (not part of the run's settings hash).
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+
+
+@dataclass
+class RestPRMInit:
+    """Which PRM a ReST-MCTS* run starts from."""
+
+    # prm_token PRM folder (null: the embedded default PRM of `lrm run`).
+    init: Optional[str] = None
+
+
+@dataclass
+class RestMCTSObjectiveConfig(ObjectiveConfig):
+    """``objective=rest_mcts``: ReST-MCTS* iterations of MCTS + PRM, then policy SFT and PRM training."""
+
+    # Registry name of the objective.
+    name: str = "rest_mcts"
+    # Self-training iterations (search, then train both models).
+    iterations: int = 3
+    # Train problems searched per iteration (each iteration takes the next ones).
+    problems_per_iteration: int = 64
+    # Task split the searched problems come from.
+    split: str = "train"
+    # MCTS simulations per problem.
+    simulations: int = 12
+    # Children per expanded node.
+    k: int = 4
+    # Leaves selected per tree per MCTS iteration.
+    num_leaves: int = 2
+    # PUCT exploration constant c1.
+    c1: float = 1.25
+    # Step-score aggregation of the PRM along a path: min, prod, last, mean.
+    aggregation: str = "min"
+    # Sampling temperature of the policy inside the search.
+    temperature: float = 1.0
+    # Most steps per solution.
+    max_steps: int = 10
+    # Longest step in tokens.
+    max_step_tokens: int = 24
+    # Problems per search batch.
+    search_batch: int = 32
+    # Policy SFT steps per iteration (on the verified traces).
+    policy_steps: int = 20
+    # Policy SFT micro-batch size.
+    policy_batch: int = 16
+    # Policy SFT peak learning rate.
+    policy_lr: float = 1e-4
+    # PRM steps per iteration (soft value targets).
+    prm_steps: int = 20
+    # PRM micro-batch size.
+    prm_batch: int = 16
+    # PRM peak learning rate.
+    prm_lr: float = 1e-4
+    # Held-out problems for the per-iteration greedy accuracy (0: none).
+    eval_problems: int = 100
+    # Task split of the held-out problems.
+    eval_split: str = "test"
+    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
+    run_name: Optional[str] = None
+    # The policy to improve (init null: the embedded default SFT policy of `lrm run`).
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    # The PRM that guides the search and is trained on the value targets.
+    prm: RestPRMInit = field(default_factory=RestPRMInit)
+
+
+RUN_KEYS: dict[str, tuple[str, ...]] = {
+    "vineppo": ("run_name", "rollout", "model", "train", "prm", "eval"),
+    "rest_mcts": tuple(f.name for f in RestMCTSObjectiveConfig.__dataclass_fields__.values()
+                       if f.name != "name"),
+}
+
+OBJECTIVES = {
+    "vineppo": (VinePPOObjectiveConfig, "VinePPO: clipped PPO, MC step values via the tree engine, no critic"),
+    "rest_mcts": (RestMCTSObjectiveConfig, "ReST-MCTS*: MCTS+PRM search, verified traces -> policy SFT, values -> PRM"),
+}
