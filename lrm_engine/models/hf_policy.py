@@ -43,6 +43,8 @@ import torch
 from lrm_engine.core.interfaces import StepConvention
 from lrm_engine.core.tree import BatchedTree
 from lrm_engine.models.counters import ComputeCounters
+from lrm_engine.models.kv_layout import (build_prefix_cache, cache_kwarg, cache_segment,
+                                         check_dynamic_cache, layout_rows, left_mask, output_cache)
 from lrm_engine.models.kv_store import KVSegment, KVStore
 from lrm_engine.models.sampling import SamplingConfig, sample
 from lrm_engine.models.token_store import TokenArena
@@ -116,9 +118,8 @@ class HFPolicy:
         self._eos_mask = self._mask(self.eos_token_ids)
         self._delim_mask = None if self.stop_token_ids is None else self._mask(self.stop_token_ids)
         # transformers API differences (5.x: ``cache=``, 4.x: ``past_key_values=``).
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._logits_to_keep = "logits_to_keep" in params
+        self._cache_kw = cache_kwarg(model.forward)
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._checked_cache = False
 
     # ------------------------------------------------------------ construction
@@ -274,57 +275,15 @@ class HFPolicy:
         logits = out.logits.float()
         if keep is not None and not self._logits_to_keep:
             logits = logits[:, keep.to(self.device)]
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = out.past_key_values
+        new_cache = output_cache(out)
         if not self._checked_cache:
-            self._check_cache(new_cache)
+            check_dynamic_cache(new_cache, self.model, "the hf policy", PolicyError)
+            self._checked_cache = True
         return logits, new_cache
-
-    def _check_cache(self, cache) -> None:
-        from transformers.cache_utils import DynamicLayer
-
-        layers = getattr(cache, "layers", None)
-        if not layers or not all(type(l) is DynamicLayer for l in layers):
-            kinds = sorted({type(l).__name__ for l in layers or []}) or [type(cache).__name__]
-            raise PolicyError(
-                f"the hf policy needs a full-attention transformers DynamicCache; "
-                f"{type(self.model).__name__} uses {', '.join(kinds)} (sliding-window, hybrid or "
-                f"recurrent caches cannot be split into per-node segments)"
-            )
-        self._checked_cache = True
 
     def _build_cache(self, prefixes: list[list[KVSegment]], plen: list[int], lmax: int):
         """A DynamicCache [R, H, lmax, D] per layer, each row's prefix right-aligned (left pads = 0)."""
-        from transformers import DynamicCache
-
-        if lmax == 0:
-            return DynamicCache()
-        ref = next(s for pre in prefixes for s in pre if s.length > 0)
-        n_layers = len(ref.keys)
-        h, d = ref.keys[0].shape[0], ref.keys[0].shape[-1]
-        R = len(prefixes)
-        data = []
-        for l in range(n_layers):
-            k = torch.zeros(R, h, lmax, d, dtype=ref.keys[l].dtype, device=self.device)
-            v = torch.zeros(R, h, lmax, ref.values[l].shape[-1], dtype=ref.values[l].dtype, device=self.device)
-            for r, pre in enumerate(prefixes):
-                o = lmax - plen[r]
-                for s in pre:
-                    n = s.length
-                    k[r, :, o : o + n] = s.keys[l]
-                    v[r, :, o : o + n] = s.values[l]
-                    o += n
-            data.append((k, v))
-        return DynamicCache(ddp_cache_data=data)
-
-    @staticmethod
-    def _left_mask(plen: list[int], lmax: int) -> torch.Tensor:
-        m = torch.zeros(len(plen), lmax, dtype=torch.long)
-        for r, p in enumerate(plen):
-            if p:
-                m[r, lmax - p :] = 1
-        return m
+        return build_prefix_cache(prefixes, plen, lmax, self.device)
 
     def _prefill(self, items, call: ComputeCounters) -> list[list[KVSegment]]:
         """Encode token runs on top of stored prefixes, one batched forward pass.
@@ -334,27 +293,15 @@ class HFPolicy:
         """
         if not items:
             return []
-        plen = [sum(s.length for s in pre) for pre, _, _ in items]
-        lmax = max(plen)
-        S = [int(t.numel()) for _, t, _ in items]
-        smax = max(S)
-        R = len(items)
-        cache = self._build_cache([pre for pre, _, _ in items], plen, lmax)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((R, smax), pad, dtype=torch.long)
-        mask = torch.cat([self._left_mask(plen, lmax), torch.zeros(R, smax, dtype=torch.long)], 1)
-        ends: list[list[int]] = []
-        for r, (_, t, splits) in enumerate(items):
-            if sum(splits) != S[r]:
-                raise ValueError("split lengths must sum to the token count")
-            ids[r, : S[r]] = t
-            mask[r, lmax : lmax + S[r]] = 1
-            ends.append(list(itertools.accumulate(splits)))
-        pos = torch.tensor(plen)[:, None] + torch.arange(smax)[None, :]
+        lay = layout_rows(items, pad)
+        lmax = lay.lmax
+        cache = self._build_cache([pre for pre, _, _ in items], lay.plen, lmax)
+        ends = [list(itertools.accumulate(splits)) for _, _, splits in items]
         keep = torch.tensor(sorted({e - 1 for es in ends for e in es}), dtype=torch.long)
         col = {int(p): i for i, p in enumerate(keep.tolist())}
-        logits, cache = self._forward(ids, mask, pos, cache, keep)
-        call.tokens_computed += sum(S)
+        logits, cache = self._forward(lay.ids, lay.mask, lay.pos, cache, keep)
+        call.tokens_computed += sum(lay.lengths)
         call.forward_calls += 1
         out = []
         for r, (_, _, splits) in enumerate(items):
@@ -367,9 +314,7 @@ class HFPolicy:
 
     @staticmethod
     def _segment(cache, row: int, start: int, n: int, next_logits) -> KVSegment:
-        ks = [l.keys[row, :, start : start + n].clone() for l in cache.layers]
-        vs = [l.values[row, :, start : start + n].clone() for l in cache.layers]
-        return KVSegment(ks, vs, None if next_logits is None else next_logits.clone())
+        return cache_segment(cache, row, start, n, next_logits)
 
     # ------------------------------------------------------------ expand
     def _normalize_nodes(self, tree: BatchedTree, nodes):
@@ -438,13 +383,7 @@ class HFPolicy:
         redo = []
         for (b, n), path in zip(pairs, paths):
             keys = [(st.key, b, m) for m in path]
-            j = -1
-            for i, key in enumerate(keys):
-                if key not in self.store:
-                    break
-                j = i
-            self.store.pin(keys[: j + 1])
-            pinned.extend(keys[: j + 1])
+            j = self.store.pin_resident_prefix(keys, pinned) - 1
             call.tokens_reused += int(sum(int(lens[b, m]) for m in path[: j + 1]))
             if j < len(path) - 1:
                 redo.append((b, path, keys, j))
@@ -513,7 +452,7 @@ class HFPolicy:
         cache = self._build_cache(prefixes, plen, lmax)
         if k > 1:
             cache.batch_repeat_interleave(k)
-        mask = self._left_mask(plen, lmax).repeat_interleave(k, 0)
+        mask = left_mask(plen, lmax).repeat_interleave(k, 0)
         row_plen = torch.tensor(plen).repeat_interleave(k)
         logits = first.repeat_interleave(k, 0)
         eos_mask = self._eos_mask

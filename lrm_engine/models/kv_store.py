@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Iterable
+from typing import Hashable, Iterable, Sequence
 
 import torch
 
@@ -107,6 +107,18 @@ class KVStore:
             else:
                 self._pins[k] = c
         self.enforce_budget()
+
+    def pin_resident_prefix(self, keys: Sequence[Hashable], pinned: list) -> int:
+        """Pin the longest leading run of ``keys`` that is resident (appending them to
+        ``pinned``); returns its length (the path's segments from there on must be encoded)."""
+        n = 0
+        for key in keys:
+            if key not in self:
+                break
+            n += 1
+        self.pin(keys[:n])
+        pinned.extend(keys[:n])
+        return n
 
     def is_pinned(self, key: Hashable) -> bool:
         return key in self._pins

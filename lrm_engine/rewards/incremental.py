@@ -209,13 +209,7 @@ class IncrementalPRM:
         for (b, m) in parents:
             path = ppaths[(b, m)]
             keys = [(st.key, b, x) for x in path]
-            j = -1
-            for i, key in enumerate(keys):
-                if key not in self.store:
-                    break
-                j = i
-            self.store.pin(keys[: j + 1])
-            pinned.extend(keys[: j + 1])
+            j = self.store.pin_resident_prefix(keys, pinned) - 1
             if j < len(path) - 1:
                 redo.append((b, path, keys, j))
         if not redo:

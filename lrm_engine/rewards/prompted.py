@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from lrm_engine.models.counters import ComputeCounters
+from lrm_engine.models.kv_layout import cache_kwarg, output_cache
 
 
 class PromptedLM:
@@ -33,10 +34,7 @@ class PromptedLM:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos]))
         self.counters = ComputeCounters()
         # transformers API differences (5.x: ``cache=``, 4.x: ``past_key_values=``).
-        import inspect
-
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kwarg(model.forward)
 
     def _batch(self, prompts: Sequence[str]):
         ids = []
@@ -83,8 +81,7 @@ class PromptedLM:
             out = self.model(input_ids=x, attention_mask=m, position_ids=pos, use_cache=True,
                              **{self._cache_kw: cache})
             self.counters.forward_calls += 1
-            new_cache = getattr(out, "cache", None)
-            cache = new_cache if new_cache is not None else out.past_key_values
+            cache = output_cache(out)
             nxt = out.logits[:, -1, :].argmax(-1).cpu()
             for r in range(P):
                 if not done[r]:

@@ -248,22 +248,34 @@ class BatchSource(Protocol):
         ...
 
 
-class SFTBatchSource:
-    """Micro-batches of ``batch_size`` units from an :class:`SFTDataset`, in :class:`DataOrder`."""
+class DatasetBatchSource:
+    """Micro-batches of ``batch_size`` units from a fixed tokenised dataset, in
+    :class:`DataOrder` (see the module docstring): the base of the SFT, PRM and preference
+    sources.
 
-    def __init__(self, dataset: SFTDataset, batch_size: int, seed: int = 0, shuffle: bool = True):
+    A dataset has ``units``, ``pad_token_id``, ``__len__`` and ``fingerprint()``; a subclass
+    says how units become a batch (:meth:`collate`) and names its data in the resume error
+    (``data_name``).
+    """
+
+    # How the resume error names the data ("the <data_name> changed since the checkpoint").
+    data_name = "data"
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, shuffle: bool = True):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.dataset, self.batch_size = dataset, batch_size
         self.order = DataOrder(len(dataset), seed, shuffle)
         self.position = 0  # stream position of the next unit
 
+    def collate(self, units: list) -> tuple[Any, list[int]]:
+        """The batch of these units and the indices of the examples they hold."""
+        raise NotImplementedError
+
     def next_batch(self):
         idx = self.order.take(self.position, self.batch_size)
         self.position += self.batch_size
-        units = [self.dataset.units[i] for i in idx]
-        batch = collate_sft(units, self.dataset.pad_token_id)
-        return batch, [e for u in units for e in u.examples]
+        return self.collate([self.dataset.units[i] for i in idx])
 
     @property
     def epoch(self) -> float:
@@ -279,6 +291,15 @@ class SFTBatchSource:
         for k in ("num_units", "seed", "shuffle", "batch_size", "fingerprint"):
             if k in state and state[k] != mine[k]:
                 raise ValueError(
-                    f"cannot resume: the data changed since the checkpoint ({k}: checkpoint "
-                    f"{state[k]!r}, now {mine[k]!r}); use a new run_dir or the same data settings")
+                    f"cannot resume: the {self.data_name} changed since the checkpoint ({k}: "
+                    f"checkpoint {state[k]!r}, now {mine[k]!r}); use a new run_dir or the same "
+                    f"data settings")
         self.position = int(state["position"])
+
+
+class SFTBatchSource(DatasetBatchSource):
+    """Micro-batches of ``batch_size`` units from an :class:`SFTDataset`, in :class:`DataOrder`."""
+
+    def collate(self, units):
+        batch = collate_sft(units, self.dataset.pad_token_id)
+        return batch, [e for u in units for e in u.examples]

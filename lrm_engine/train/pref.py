@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .checkpoint import save_model_quietly
 from .pref_data import PrefBatchSource, PrefDataset, PrefRecord
-from .sft import _coerce
+from .sft import _coerce, _run_model, _run_tokenizer
 from .trainer import TrainConfig, Trainer, TrainResult
 
 
@@ -43,36 +43,18 @@ def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective,
                data_info: Mapping[str, Any] | None = None,
                callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = ()) -> TrainResult:
     """Train a policy with a preference objective (see the module docstring)."""
-    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
-
     run_dir = Path(run_dir)
     data_cfg = _coerce(PrefDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tok_dir = run_dir / "tokenizer"
-    if tokenizer is None:
-        if (tok_dir / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(tok_dir)
-        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(model)
-        else:
-            tokenizer = build_char_tokenizer()
-    if not (tok_dir / "tokenizer.json").is_file():
-        save_tokenizer(tokenizer, tok_dir)
+    tokenizer = _run_tokenizer(run_dir, tokenizer, model)
 
     dataset = PrefDataset(records, tokenizer, data_cfg.max_length, add_eos=data_cfg.add_eos,
                           completion_suffix=data_cfg.completion_suffix)
     source = PrefBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
                              shuffle=data_cfg.shuffle)
-    if model is None:
-        from ..models_tiny import make_tiny_llama
-
-        model = make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
-                                max_position_embeddings=max(512, data_cfg.max_length))
-    elif isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
+    model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
+                       max_length=data_cfg.max_length)
 
     (run_dir / "run_config.json").write_text(json.dumps({
         "objective": getattr(objective, "name", None), "model_size": model_size,

@@ -44,7 +44,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .data import DataOrder
+from .data import DatasetBatchSource
+from .jsonl import JSONLLoadReport, load_jsonl_records, write_jsonl_records
 
 log = logging.getLogger("lrm_engine.train")
 
@@ -137,64 +138,28 @@ def validate_pref_record(obj: Any, *, require_scores: bool = False,
     return PrefRecord(obj["prompt"], obj["chosen"], obj["rejected"], sc, sr, prefix, meta)
 
 
-@dataclass
-class PrefLoadReport:
-    """What :func:`load_pref_jsonl` read: the valid records and every skipped line."""
+class PrefLoadReport(JSONLLoadReport):
+    """What :func:`load_pref_jsonl` read: the valid records (:class:`PrefRecord`) and every
+    skipped line (``skipped``, ``errors``: "file:line: reason")."""
 
-    path: str
     records: list[PrefRecord]
-    # Malformed lines skipped.
-    skipped: int = 0
-    # "file:line: reason" for each skipped line.
-    errors: list[str] = field(default_factory=list)
 
 
 def load_pref_jsonl(path: str | Path, *, limit: int | None = None, require_scores: bool = False,
                     require_margin: bool = False, max_logged: int = 20) -> PrefLoadReport:
     """Read a preference JSONL file; malformed lines are reported (``file:line: reason``),
     skipped and counted. ``limit`` stops after that many valid records."""
-    path = Path(path)
-    report = PrefLoadReport(path=str(path), records=[])
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(report.records) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                reason = f"invalid JSON ({e})"
-            else:
-                try:
-                    report.records.append(validate_pref_record(
-                        obj, require_scores=require_scores, require_margin=require_margin))
-                    continue
-                except PrefRecordError as e:
-                    reason = str(e)
-            msg = f"{path}:{lineno}: {reason}"
-            report.errors.append(msg)
-            report.skipped += 1
-            if report.skipped <= max_logged:
-                log.warning("pref data: skipped malformed record: %s", msg)
-    if report.skipped > max_logged:
-        log.warning("pref data: %d malformed records skipped in %s (first %d shown)",
-                    report.skipped, path, max_logged)
-    return report
+    def validate(obj):
+        return validate_pref_record(obj, require_scores=require_scores,
+                                    require_margin=require_margin)
+
+    return load_jsonl_records(path, validate, PrefLoadReport, record_error=PrefRecordError,
+                              what="pref data", limit=limit, max_logged=max_logged)
 
 
 def write_pref_jsonl(path: str | Path, records: Iterable[PrefRecord]) -> int:
     """Write records as JSONL (atomically: temp file + rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+    return write_jsonl_records(path, records)
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -309,38 +274,11 @@ def collate_pref(units: Sequence[PrefUnit], pad_token_id: int) -> dict[str, Any]
     return out
 
 
-class PrefBatchSource:
+class PrefBatchSource(DatasetBatchSource):
     """Micro-batches of ``batch_size`` pairs from a :class:`PrefDataset`, in :class:`DataOrder`
     (the same resumable contract as :class:`~lrm_engine.train.data.SFTBatchSource`)."""
 
-    def __init__(self, dataset: PrefDataset, batch_size: int, seed: int = 0, shuffle: bool = True):
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.order = DataOrder(len(dataset), seed, shuffle)
-        self.position = 0
+    data_name = "preference data"
 
-    def next_batch(self):
-        idx = self.order.take(self.position, self.batch_size)
-        self.position += self.batch_size
-        units = [self.dataset.units[i] for i in idx]
+    def collate(self, units):
         return collate_pref(units, self.dataset.pad_token_id), [u.index for u in units]
-
-    @property
-    def epoch(self) -> float:
-        return self.position / len(self.dataset)
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "num_units": len(self.dataset), "seed": self.order.seed,
-                "shuffle": self.order.shuffle, "batch_size": self.batch_size,
-                "fingerprint": self.dataset.fingerprint()}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        mine = self.state_dict()
-        for k in ("num_units", "seed", "shuffle", "batch_size", "fingerprint"):
-            if k in state and state[k] != mine[k]:
-                raise ValueError(
-                    f"cannot resume: the preference data changed since the checkpoint ({k}: "
-                    f"checkpoint {state[k]!r}, now {mine[k]!r}); use a new run_dir or the same "
-                    f"data settings")
-        self.position = int(state["position"])

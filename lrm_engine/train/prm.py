@@ -30,7 +30,7 @@ import torch
 from ..metrics import auroc, binary_accuracy
 from .checkpoint import save_model_quietly
 from .prm_data import PRMBatchSource, PRMDataset, PRMRecord, collate_prm, tokenize_prm
-from .sft import _coerce
+from .sft import _coerce, _run_model, _run_tokenizer
 from .trainer import TrainConfig, Trainer, TrainResult
 
 PRM_CONFIG_FILE = "prm_config.json"
@@ -207,8 +207,6 @@ def train_prm(
       be evaluated), or False to skip.
     """
     from ..objectives.prm import PRMObjective
-    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
-
     run_dir = Path(run_dir)
     data_cfg = _coerce(PRMDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
@@ -218,17 +216,8 @@ def train_prm(
         step_tag = task.step.delimiter
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    tok_dir = run_dir / "tokenizer"
-    if tokenizer is None:
-        if (tok_dir / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(tok_dir)
-        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(model)
-        else:
-            extra = step_tag + (task.step.answer_prefix if task is not None and hasattr(task, "step") else "")
-            tokenizer = build_char_tokenizer(extra_chars=extra)
-    if not (tok_dir / "tokenizer.json").is_file():
-        save_tokenizer(tokenizer, tok_dir)
+    extra = step_tag + (task.step.answer_prefix if task is not None and hasattr(task, "step") else "")
+    tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
 
     if objective is None:
         objective = PRMObjective()
@@ -237,23 +226,8 @@ def train_prm(
     source = PRMBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
                             shuffle=data_cfg.shuffle)
 
-    if model is None:
-        from ..models_tiny import make_tiny_llama
-
-        model = make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
-                                max_position_embeddings=max(512, data_cfg.max_length))
-    elif isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        was = hf_logging.is_progress_bar_enabled()
-        if not train_cfg.progress:
-            hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
-        finally:
-            if was:
-                hf_logging.enable_progress_bar()
+    model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
+                       max_length=data_cfg.max_length, quiet=not train_cfg.progress)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(f"the model's vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
                          f"is smaller than the tokenizer's ({len(tokenizer)})")

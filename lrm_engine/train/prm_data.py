@@ -46,7 +46,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .data import DataOrder
+from .data import DatasetBatchSource
+from .jsonl import JSONLLoadReport, load_jsonl_records, write_jsonl_records
 
 log = logging.getLogger("lrm_engine.train")
 
@@ -106,16 +107,11 @@ def validate_prm_record(obj: Any) -> PRMRecord:
     return PRMRecord(prompt, tuple(comps), tuple(vals), meta)
 
 
-@dataclass
-class PRMLoadReport:
-    """What :func:`load_prm_jsonl` read: the valid records and every skipped line."""
+class PRMLoadReport(JSONLLoadReport):
+    """What :func:`load_prm_jsonl` read: the valid records (:class:`PRMRecord`) and every
+    skipped line (``skipped``, ``errors``: "file:line: reason")."""
 
-    path: str
     records: list[PRMRecord]
-    # Malformed lines skipped.
-    skipped: int = 0
-    # "file:line: reason" for each skipped line.
-    errors: list[str] = field(default_factory=list)
 
 
 def load_prm_jsonl(path: str | Path, *, limit: int | None = None,
@@ -125,47 +121,14 @@ def load_prm_jsonl(path: str | Path, *, limit: int | None = None,
     ``limit`` stops after that many valid records. The first ``max_logged`` errors are logged
     as warnings, then a summary; all are in the report's ``errors``.
     """
-    path = Path(path)
-    report = PRMLoadReport(path=str(path), records=[])
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(report.records) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                reason = f"invalid JSON ({e})"
-            else:
-                try:
-                    report.records.append(validate_prm_record(obj))
-                    continue
-                except PRMRecordError as e:
-                    reason = str(e)
-            msg = f"{path}:{lineno}: {reason}"
-            report.errors.append(msg)
-            report.skipped += 1
-            if report.skipped <= max_logged:
-                log.warning("PRM data: skipped malformed record: %s", msg)
-    if report.skipped > max_logged:
-        log.warning("PRM data: %d malformed records skipped in %s (first %d shown)",
-                    report.skipped, path, max_logged)
-    return report
+    return load_jsonl_records(path, validate_prm_record, PRMLoadReport,
+                              record_error=PRMRecordError, what="PRM data", limit=limit,
+                              max_logged=max_logged)
 
 
 def write_prm_jsonl(path: str | Path, records: Iterable[PRMRecord]) -> int:
     """Write records as TRL PRM JSONL (atomically: temp file + rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+    return write_jsonl_records(path, records)
 
 
 # --------------------------------------------------------------------------- oracle records
@@ -306,37 +269,11 @@ def collate_prm(units: Sequence[PRMUnit], pad_token_id: int) -> dict[str, Any]:
             "num_tags": int(tag.sum())}
 
 
-class PRMBatchSource:
+class PRMBatchSource(DatasetBatchSource):
     """Micro-batches of ``batch_size`` records from a :class:`PRMDataset`, in :class:`DataOrder`
     (the same resumable contract as :class:`~lrm_engine.train.data.SFTBatchSource`)."""
 
-    def __init__(self, dataset: PRMDataset, batch_size: int, seed: int = 0, shuffle: bool = True):
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.order = DataOrder(len(dataset), seed, shuffle)
-        self.position = 0
+    data_name = "PRM data"
 
-    def next_batch(self):
-        idx = self.order.take(self.position, self.batch_size)
-        self.position += self.batch_size
-        units = [self.dataset.units[i] for i in idx]
+    def collate(self, units):
         return collate_prm(units, self.dataset.pad_token_id), [u.index for u in units]
-
-    @property
-    def epoch(self) -> float:
-        return self.position / len(self.dataset)
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "num_units": len(self.dataset), "seed": self.order.seed,
-                "shuffle": self.order.shuffle, "batch_size": self.batch_size,
-                "fingerprint": self.dataset.fingerprint()}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        mine = self.state_dict()
-        for k in ("num_units", "seed", "shuffle", "batch_size", "fingerprint"):
-            if k in state and state[k] != mine[k]:
-                raise ValueError(
-                    f"cannot resume: the PRM data changed since the checkpoint ({k}: checkpoint "
-                    f"{state[k]!r}, now {mine[k]!r}); use a new run_dir or the same data settings")
-        self.position = int(state["position"])

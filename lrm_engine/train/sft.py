@@ -57,6 +57,49 @@ def _coerce(cls, value):
         return cls(**dict(value))
     raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
 
+def _run_tokenizer(run_dir: Path, tokenizer, model, extra_chars: str = ""):
+    """The tokenizer of a training run: ``tokenizer`` if given, else the one saved in
+    ``<run_dir>/tokenizer`` by an earlier start, else the model folder's, else a new character
+    tokenizer (with ``extra_chars``). Saved in ``<run_dir>/tokenizer`` on the first start."""
+    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
+
+    tok_dir = run_dir / "tokenizer"
+    if tokenizer is None:
+        if (tok_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(tok_dir)
+        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(model)
+        else:
+            tokenizer = build_char_tokenizer(extra_chars=extra_chars)
+    if not (tok_dir / "tokenizer.json").is_file():
+        save_tokenizer(tokenizer, tok_dir)
+    return tokenizer
+
+
+def _run_model(model, tokenizer, *, model_size: str, model_seed: int, max_length: int,
+               quiet: bool = False):
+    """The model of a training run: ``model`` itself, or loaded from its folder (``quiet``: no
+    progress bar), or (None) a new tiny Llama of ``model_size`` seeded by ``model_seed``."""
+    if model is None:
+        from ..models_tiny import make_tiny_llama
+
+        return make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
+                               max_position_embeddings=max(512, max_length))
+    if isinstance(model, (str, Path)):
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        if quiet:
+            hf_logging.disable_progress_bar()
+        try:
+            return AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+    return model
+
+
 
 def train_sft(
     run_dir: str | Path,
@@ -82,26 +125,15 @@ def train_sft(
       the model folder's, else a new character tokenizer (:mod:`lrm_engine.tokenization`).
     - ``data`` / ``train``: :class:`SFTDataConfig` / :class:`TrainConfig` or plain dicts.
     """
-    from ..tokenization import build_char_tokenizer, load_tokenizer, save_tokenizer
-
     run_dir = Path(run_dir)
     data_cfg = _coerce(SFTDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    tok_dir = run_dir / "tokenizer"
-    if tokenizer is None:
-        if (tok_dir / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(tok_dir)
-        elif isinstance(model, (str, Path)) and (Path(model) / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(model)
-        else:
-            extra = ""
-            if task is not None and hasattr(task, "step"):
-                extra = task.step.delimiter + task.step.answer_prefix
-            tokenizer = build_char_tokenizer(extra_chars=extra)
-    if not (tok_dir / "tokenizer.json").is_file():
-        save_tokenizer(tokenizer, tok_dir)
+    extra = ""
+    if task is not None and hasattr(task, "step"):
+        extra = task.step.delimiter + task.step.answer_prefix
+    tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
 
     if examples is None:
         if task is None:
@@ -112,15 +144,8 @@ def train_sft(
     dataset = SFTDataset(examples, tokenizer, max_length=data_cfg.max_length, pack=data_cfg.pack)
     source = SFTBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed, shuffle=data_cfg.shuffle)
 
-    if model is None:
-        from ..models_tiny import make_tiny_llama
-
-        model = make_tiny_llama(model_size, tokenizer=tokenizer, seed=model_seed,
-                                max_position_embeddings=max(512, data_cfg.max_length))
-    elif isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
+    model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
+                       max_length=data_cfg.max_length)
     if objective is None:
         from ..objectives.sft import SFTObjective
 

@@ -15,11 +15,12 @@ this format; :func:`to_sft_examples` turns records into :class:`~lrm_engine.trai
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from .jsonl import JSONLLoadReport, load_jsonl_records
 
 log = logging.getLogger("lrm_engine.train")
 
@@ -63,44 +64,18 @@ def validate_sft_record(obj: Any) -> SFTRecord:
                      {k: v for k, v in obj.items() if k not in REQUIRED_KEYS})
 
 
-@dataclass
-class SFTLoadReport:
-    """What :func:`load_sft_jsonl` read: the valid records and every skipped line."""
+class SFTLoadReport(JSONLLoadReport):
+    """What :func:`load_sft_jsonl` read: the valid records (:class:`SFTRecord`) and every
+    skipped line (``skipped``, ``errors``: "file:line: reason")."""
 
-    path: str
     records: list[SFTRecord]
-    # Malformed lines skipped.
-    skipped: int = 0
-    # "file:line: reason" for each skipped line.
-    errors: list[str] = field(default_factory=list)
 
 
 def load_sft_jsonl(path: str | Path, *, limit: int | None = None, max_logged: int = 20) -> SFTLoadReport:
     """Read an SFT JSONL file; malformed lines are reported, skipped and counted."""
-    path = Path(path)
-    report = SFTLoadReport(path=str(path), records=[])
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(report.records) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                reason = f"invalid JSON ({e})"
-            else:
-                try:
-                    report.records.append(validate_sft_record(obj))
-                    continue
-                except SFTRecordError as e:
-                    reason = str(e)
-            msg = f"{path}:{lineno}: {reason}"
-            report.errors.append(msg)
-            report.skipped += 1
-            if report.skipped <= max_logged:
-                log.warning("SFT data: skipped malformed record: %s", msg)
-    return report
+    return load_jsonl_records(path, validate_sft_record, SFTLoadReport,
+                              record_error=SFTRecordError, what="SFT data", limit=limit,
+                              max_logged=max_logged, summarize=False)
 
 
 def to_sft_examples(records):

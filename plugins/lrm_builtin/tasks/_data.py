@@ -82,6 +82,15 @@ class JsonlStats:
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
 
 
+def skip_line(stats: JsonlStats | None, file, lineno: int, reason, what: str = "line") -> None:
+    """Report a skipped malformed line: a warning ``file:line: skipped malformed <what>: reason``,
+    and a count (with the reason) in ``stats``."""
+    log.warning("%s:%d: skipped malformed %s: %s", file, lineno, what, reason)
+    if stats is not None:
+        stats.skipped_lines += 1
+        stats.skipped.append((str(file), lineno, str(reason)))
+
+
 def read_jsonl(
     file: Path, stats: JsonlStats | None = None, required: Sequence[str] = ()
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -108,10 +117,7 @@ def read_jsonl(
                     if missing:
                         reason = f"missing field(s) {', '.join(missing)}"
             if reason is not None:
-                log.warning("%s:%d: skipped malformed line: %s", file, lineno, reason)
-                if stats is not None:
-                    stats.skipped_lines += 1
-                    stats.skipped.append((str(file), lineno, reason))
+                skip_line(stats, file, lineno, reason)
                 continue
             yield lineno, rec
 

@@ -18,11 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, StepConvention
 
-from .grading import DEFAULT_TIMEOUT
-from .mathtext import JsonlMathTask, MathStepConvention, make_problem
+from .mathtext import JsonlMathTask, JsonlMathTaskConfig, MathStepConvention, make_problem
 
 _CALC = re.compile(r"<<[^<>]*>>")
 
@@ -34,28 +32,20 @@ GSM8K_SYSTEM = (
 
 
 @dataclass
-class Gsm8kTaskConfig(TaskConfig):
+class Gsm8kTaskConfig(JsonlMathTaskConfig):
     # Registry name of the task.
     name: str = "gsm8k"
     # Folder holding train.jsonl and test.jsonl; null = $LRM_DATA/gsm8k, else the nearest
     # shared/data/gsm8k found upward from the current directory.
     path: Optional[str] = None
-    # Use only the first N examples of a split (null = all).
-    limit: Optional[int] = None
-    # "plain" (prompt_template filled in) or "chat" (system + user messages rendered as ChatML).
-    prompt_style: str = "plain"
     # Prompt text; {question} is replaced by the problem.
     prompt_template: str = GSM8K_TEMPLATE
     # System message of the chat style ("" = none).
     system_prompt: str = GSM8K_SYSTEM
-    # The string that ends one reasoning step.
-    delimiter: str = "\n"
     # The prefix of the final-answer line.
     answer_prefix: str = "#### "
     # Keep the <<expr=result>> calculator annotations in the gold steps.
     keep_calculator_annotations: bool = False
-    # Seconds allowed for one math-verify comparison.
-    grade_timeout: float = DEFAULT_TIMEOUT
 
 
 def gsm8k_reference(answer: str) -> str:
@@ -70,31 +60,12 @@ class Gsm8kTask(JsonlMathTask):
     folder = "gsm8k"
     splits = ("train", "test")
     required_fields = ("question", "answer")
+    schema = Gsm8kTaskConfig
 
-    def __init__(
-        self,
-        *,
-        path: str | None = None,
-        limit: int | None = None,
-        prompt_style: str = "plain",
-        prompt_template: str = GSM8K_TEMPLATE,
-        system_prompt: str = GSM8K_SYSTEM,
-        delimiter: str = "\n",
-        answer_prefix: str = "#### ",
-        keep_calculator_annotations: bool = False,
-        grade_timeout: float = DEFAULT_TIMEOUT,
-    ):
+    def __init__(self, *, keep_calculator_annotations: bool = False, **options):
+        """``options``: those of :class:`~.mathtext.JsonlMathTask`."""
         self.keep_calculator_annotations = keep_calculator_annotations
-        super().__init__(
-            path=path,
-            limit=limit,
-            prompt_style=prompt_style,
-            prompt_template=prompt_template,
-            system_prompt=system_prompt,
-            delimiter=delimiter,
-            answer_prefix=answer_prefix,
-            grade_timeout=grade_timeout,
-        )
+        super().__init__(**options)
 
     def _make_step(self, delimiter: str, answer_prefix: str) -> StepConvention:
         return MathStepConvention(

@@ -14,18 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, StepConvention
 
-from .grading import DEFAULT_TIMEOUT
-from .mathtext import JsonlMathTask, MathStepConvention, make_problem
+from .mathtext import JsonlMathTask, JsonlMathTaskConfig, MathStepConvention, make_problem
 
 MATH_TEMPLATE = "Problem: {question}\nSolution:\n"
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 @dataclass
-class Math500TaskConfig(TaskConfig):
+class Math500TaskConfig(JsonlMathTaskConfig):
     # Registry name of the task.
     name: str = "math500"
     # Folder holding test.jsonl; null = $LRM_DATA/math500, else the nearest
@@ -33,8 +31,6 @@ class Math500TaskConfig(TaskConfig):
     path: Optional[str] = None
     # Use only the first N examples (null = all).
     limit: Optional[int] = None
-    # "plain" (prompt_template filled in) or "chat" (system + user messages rendered as ChatML).
-    prompt_style: str = "plain"
     # Prompt text; {question} is replaced by the problem.
     prompt_template: str = MATH_TEMPLATE
     # System message of the chat style ("" = none).
@@ -43,8 +39,6 @@ class Math500TaskConfig(TaskConfig):
     delimiter: str = "\n\n"
     # The prefix of a final-answer line, used when the solution has no \boxed{}.
     answer_prefix: str = "Answer: "
-    # Seconds allowed for one math-verify comparison.
-    grade_timeout: float = DEFAULT_TIMEOUT
 
 
 class Math500Task(JsonlMathTask):
@@ -52,29 +46,7 @@ class Math500Task(JsonlMathTask):
     folder = "math500"
     splits = ("test",)
     required_fields = ("problem", "solution", "answer")
-
-    def __init__(
-        self,
-        *,
-        path: str | None = None,
-        limit: int | None = None,
-        prompt_style: str = "plain",
-        prompt_template: str = MATH_TEMPLATE,
-        system_prompt: str = MATH_SYSTEM,
-        delimiter: str = "\n\n",
-        answer_prefix: str = "Answer: ",
-        grade_timeout: float = DEFAULT_TIMEOUT,
-    ):
-        super().__init__(
-            path=path,
-            limit=limit,
-            prompt_style=prompt_style,
-            prompt_template=prompt_template,
-            system_prompt=system_prompt,
-            delimiter=delimiter,
-            answer_prefix=answer_prefix,
-            grade_timeout=grade_timeout,
-        )
+    schema = Math500TaskConfig
 
     def _make_step(self, delimiter: str, answer_prefix: str) -> StepConvention:
         return MathStepConvention(delimiter=delimiter, answer_prefix=answer_prefix, boxed_first=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
-from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir
+from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir, skip_line
 from .grading import DEFAULT_TIMEOUT, extract_boxed, last_number, math_equal
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?(.+?)\$?(?:\.\s*$|\n|$)", re.IGNORECASE)
@@ -50,13 +51,42 @@ class MathStepConvention(StepConvention):
         return None
 
 
+@dataclass
+class JsonlMathTaskConfig(TaskConfig):
+    """The options every :class:`JsonlMathTask` takes (a task's schema subclasses this and
+    sets its own name and defaults)."""
+
+    # Folder holding the split files; null = $LRM_DATA/<task folder>, else the nearest
+    # shared/data/<task folder> found upward from the current directory.
+    path: Optional[str] = None
+    # Use only the first N examples of a split (null = all).
+    limit: Optional[int] = None
+    # "plain" (prompt_template filled in) or "chat" (system + user messages rendered as ChatML).
+    prompt_style: str = "plain"
+    # Prompt text; {question} is replaced by the problem.
+    prompt_template: str = "{question}\n"
+    # System message of the chat style ("" = none).
+    system_prompt: str = ""
+    # The string that ends one reasoning step.
+    delimiter: str = "\n"
+    # The prefix of the final-answer line.
+    answer_prefix: str = "Answer: "
+    # Seconds allowed for one math-verify comparison.
+    grade_timeout: float = DEFAULT_TIMEOUT
+
+
 class JsonlMathTask(PromptMixin):
-    """A task whose splits are ``<path>/<split>.jsonl`` files of math word problems."""
+    """A task whose splits are ``<path>/<split>.jsonl`` files of math word problems.
+
+    The text options left unset (None) take the defaults of the task's config ``schema``.
+    """
 
     name = "jsonl_math"
     folder = ""  # the task's folder under the data root
     splits: tuple[str, ...] = ("test",)
     required_fields: tuple[str, ...] = ()
+    # The task's options schema: its field defaults are the defaults of the text options.
+    schema: type[JsonlMathTaskConfig] = JsonlMathTaskConfig
 
     def __init__(
         self,
@@ -64,19 +94,23 @@ class JsonlMathTask(PromptMixin):
         path: str | None = None,
         limit: int | None = None,
         prompt_style: str = "plain",
-        prompt_template: str = "{question}\n",
-        system_prompt: str = "",
-        delimiter: str = "\n",
-        answer_prefix: str = "Answer: ",
+        prompt_template: str | None = None,
+        system_prompt: str | None = None,
+        delimiter: str | None = None,
+        answer_prefix: str | None = None,
         grade_timeout: float = DEFAULT_TIMEOUT,
     ):
+        def pick(value, default):
+            return default if value is None else value
+
         self.path = path
         self.limit = limit
         self.prompt_style = prompt_style
-        self.prompt_template = prompt_template
-        self.system_prompt = system_prompt
+        self.prompt_template = pick(prompt_template, self.schema.prompt_template)
+        self.system_prompt = pick(system_prompt, self.schema.system_prompt)
         self.grade_timeout = grade_timeout
-        self.step = self._make_step(delimiter, answer_prefix)
+        self.step = self._make_step(pick(delimiter, self.schema.delimiter),
+                                    pick(answer_prefix, self.schema.answer_prefix))
         self._check_prompt_style()
         self._cache: dict[str, list[Example]] = {}
         self._stats: dict[str, JsonlStats] = {}
@@ -112,13 +146,7 @@ class JsonlMathTask(PromptMixin):
                 try:
                     out.append(self._to_example(split, lineno - 1, rec))
                 except (TypeError, ValueError) as e:
-                    import logging
-
-                    logging.getLogger("lrm_engine.tasks").warning(
-                        "%s:%d: skipped malformed record: %s", file, lineno, e
-                    )
-                    stats.skipped_lines += 1
-                    stats.skipped.append((str(file), lineno, str(e)))
+                    skip_line(stats, file, lineno, e, "record")
             self._cache[split] = out
         data = self._cache[split]
         return data if self.limit is None else data[: self.limit]

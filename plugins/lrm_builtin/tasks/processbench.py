@@ -32,7 +32,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence
 from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
-from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir
+from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir, skip_line
 
 log = logging.getLogger("lrm_engine.tasks")
 
@@ -200,9 +200,7 @@ class ProcessBenchTask(PromptMixin):
                 else:
                     raise ValueError("needs 'prediction' or 'step_scores'")
             except (TypeError, ValueError) as e:
-                log.warning("%s:%d: skipped malformed line: %s", file, lineno, e)
-                self.prediction_stats.skipped_lines += 1
-                self.prediction_stats.skipped.append((str(file), lineno, str(e)))
+                skip_line(self.prediction_stats, file, lineno, e)
                 continue
             if str(rec["id"]) in out:
                 log.warning("%s:%d: duplicate id %s (the last one counts)", file, lineno, rec["id"])
