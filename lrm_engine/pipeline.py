@@ -58,7 +58,7 @@ class PipelineConfig:
     # Rollouts per step prefix (N of Math-Shepherd).
     annotate_rollouts: int = 4
     # PRM optimizer steps (the PRM starts from the SFT policy's weights).
-    prm_steps: int = 300
+    prm_steps: int = 40
     # PRM micro-batch size.
     prm_batch: int = 32
     # PRM peak learning rate.
@@ -78,7 +78,7 @@ class PipelineConfig:
     # Most steps per solution.
     max_steps: int = 10
     # Sampling temperature of the policy in majority / best-of-N / beam / annotation.
-    temperature: float = 1.0
+    temperature: float = 0.7
     # Problems per search batch (one policy call per step for the whole batch).
     search_batch: int = 32
     # Copy the trained policy and PRM to the embedded-default location (policy.path=null).
