@@ -68,14 +68,18 @@ def main() -> int:
                             sampling=SamplingConfig(temperature=1.0, seed=0), max_steps=10)
         ann = regs["annotator"].create(name, **knobs.get(name, {}))
         t0 = time.perf_counter()
-        recs = []
+        recs = []  # (problem id, record)
         for i in range(0, len(examples), args.batch):
-            recs += ann.annotate_batch(ctx, examples[i: i + args.batch], task.grade)
+            for item in ann.annotate_batch(ctx, examples[i: i + args.batch], task.grade):
+                if isinstance(item, tuple):  # grouped annotators: (problem id, records, status)
+                    recs += [(item[0], r) for r in item[1]]
+                else:
+                    recs.append((item["id"], item))
         wall = time.perf_counter() - t0
         by_id = {ex.problem.id: ex for ex in examples}
         soft, hard, truth = [], [], []
-        for r in recs:
-            ex = by_id.get(r.get("id"))
+        for pid, r in recs:
+            ex = by_id.get(pid)
             steps = list(r.get("completions") or [])
             if ex is None or not steps:
                 continue
