@@ -54,11 +54,11 @@ class PipelineConfig:
     # SFT peak learning rate.
     sft_lr: float = 3e-3
     # Train-split problems annotated by mc_rollout.
-    annotate_problems: int = 256
+    annotate_problems: int = 384
     # Rollouts per step prefix (N of Math-Shepherd).
-    annotate_rollouts: int = 4
+    annotate_rollouts: int = 16
     # PRM optimizer steps (the PRM starts from the SFT policy's weights).
-    prm_steps: int = 40
+    prm_steps: int = 80
     # PRM micro-batch size.
     prm_batch: int = 32
     # PRM peak learning rate.
