@@ -108,6 +108,8 @@ class Pipeline:
         self.hashes: dict[str, str] = {}
         self.outputs: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
+        # Stages (re)run in this invocation: the stages that read them rerun too.
+        self.ran: set[str] = set()
         if stage is not None and stage not in STAGES:
             from lrm_engine.errors import UserError
 
@@ -140,18 +142,20 @@ class Pipeline:
     def _run_stage(self, name: str, fn: Callable[[Path], dict]) -> dict:
         d = self.stage_dir(name)
         done = d / "done.json"
-        if done.is_file() and self.stage != name:
+        upstream_ran = any(dep in self.ran for dep in self._deps(name))
+        if done.is_file() and self.stage != name and not upstream_ran:
             self.log(f"[lrm run] {name}: cached ({d.name})")
             out = json.loads(done.read_text())
         else:
             if done.is_file():
                 done.unlink()
-                if name in ("sweep", "report"):
+                if name in ("sweep", "report"):  # their per-cell files would be resumed
                     shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
             self.log(f"[lrm run] {name}: running -> {d}")
             t0 = time.perf_counter()
             out = fn(d)
+            self.ran.add(name)
             out["wall_s"] = round(time.perf_counter() - t0, 2)
             tmp = d / "done.json.tmp"
             tmp.write_text(json.dumps(out, indent=1))

@@ -57,10 +57,11 @@ def test_lrm_run_toy_pipeline(tmp_path):
     for stage in ("sft", "annotate", "prm", "sweep", "report"):
         assert f"[lrm run] {stage}: cached" in r2.stderr
 
-    # stage=sweep reruns that stage only (report after it is still cached by hash).
+    # stage=sweep reruns that stage and the report that reads it; the stages before stay cached.
     r3 = lrm(tmp_path, "stage=sweep")
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert "[lrm run] sweep: running" in r3.stderr
+    assert "[lrm run] report: running" in r3.stderr  # it reads the rerun sweep
     assert "[lrm run] sft: cached" in r3.stderr and "[lrm run] prm: cached" in r3.stderr
 
 

@@ -158,3 +158,27 @@ def test_tree_invariants_after_beam():
         # every created node was backed up once from itself, the root once at start
         assert torch.equal(tree.visit_count[b, :used], 1 + cv)
         assert not math.isnan(float(tree.path_min[b, 1]))
+
+
+def test_duplicate_sibling_steps_are_flagged():
+    """Same parent + same step tokens = one beam; same tokens under another parent are kept."""
+    from types import SimpleNamespace
+
+    from lrm_engine.core.tree import BatchedTree
+    from lrm_engine.models.token_store import TokenArena
+    from lrm_builtin.search.common import duplicate_siblings
+
+    tree = BatchedTree.empty(1, 8, 4)
+    arena = TokenArena()
+    steps = {1: (0, [5, 6]), 2: (0, [5, 6]), 3: (0, [5, 7]), 4: (1, [5, 6]), 5: (0, [5])}
+    for n, (p, toks) in steps.items():
+        tree.parent[0, n] = p
+        tree.token_offset[0, n] = arena.append(toks)
+        tree.token_length[0, n] = len(toks)
+    ctx = SimpleNamespace(policy=SimpleNamespace(arena=lambda t: arena))
+    cand = torch.tensor([[1, 2, 3, 4, 5, -1]], dtype=torch.int32)
+    dup = duplicate_siblings(ctx, tree, cand)
+    assert dup.tolist() == [[False, True, False, False, False, False]]
+    # Policies without an arena (scripted worlds) are left alone.
+    assert not duplicate_siblings(SimpleNamespace(policy=object()), tree, cand).any()
+    assert arena.spans(torch.tensor([0, 4]), torch.tensor([2, 1])).tolist() == [[5, 6], [5, -1]]

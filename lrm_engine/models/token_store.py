@@ -42,6 +42,16 @@ class TokenArena:
             raise IndexError(f"token span [{offset}, {offset + length}) outside the arena of {self._size}")
         return self._buf[offset : offset + length]
 
+    def spans(self, offsets: torch.Tensor, lengths: torch.Tensor, pad: int = -1) -> torch.Tensor:
+        """Many spans at once: [M, max(lengths)] int64, each row padded with ``pad``."""
+        offsets = offsets.reshape(-1).long()
+        lengths = lengths.reshape(-1).long()
+        width = int(lengths.max()) if lengths.numel() else 0
+        cols = torch.arange(width)
+        idx = (offsets[:, None] + cols[None, :]).clamp(0, max(self._size - 1, 0))
+        out = self._buf[:max(self._size, 1)][idx] if self._size else torch.full(idx.shape, pad)
+        return torch.where(cols[None, :] < lengths[:, None], out, torch.full_like(out, pad))
+
     def node_tokens(self, tree, b: int, n: int) -> torch.Tensor:
         """The step tokens of node n of tree b."""
         return self.get(int(tree.token_offset[b, n]), int(tree.token_length[b, n]))

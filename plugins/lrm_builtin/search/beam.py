@@ -2,7 +2,8 @@
 
 Each iteration the kept beams (n // beam_width per problem) expand beam_width children each, so
 n candidates per problem are scored per step; finished candidates are set aside, the best
-unfinished ones (by aggregated path score, `topk_per_tree`) become the next beams. One policy
+unfinished ones (by aggregated path score, `topk_per_tree`) become the next beams — duplicate
+sibling steps (the same string sampled twice) count once. One policy
 call and one PRM call per iteration for the whole batch.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_builtin.search.common import check_choice, finish
+from lrm_builtin.search.common import check_choice, duplicate_siblings, finish
 
 
 @dataclass
@@ -48,7 +49,8 @@ class BeamSearch:
             term = tree.terminal[torch.arange(B)[:, None], cand.clamp_min(0).long()] & ok
             for b, n in term.nonzero().tolist():
                 finished[b].append(int(cand[b, n]))
-            alive = ok & ~term
+            # A sibling that repeats an earlier sibling's exact step is not a second beam.
+            alive = ok & ~term & ~duplicate_siblings(ctx, tree, cand)
             if not bool(alive.any()) or depth == ctx.max_steps - 1:
                 break
             scores = ctx.path_scores(tree).gather(1, cand.clamp_min(0).long())

@@ -109,3 +109,23 @@ def grow_chains(ctx, tree, frontier: torch.Tensor, score: bool = True) -> torch.
         exp = ctx.expand(tree, torch.where(active, frontier, -1), 1, score=score)
         frontier = torch.where(active, exp.children[..., 0], frontier)
     return frontier
+
+
+def duplicate_siblings(ctx, tree, cand: torch.Tensor) -> torch.Tensor:
+    """[B, C] bool: candidate j repeats an earlier candidate of its row with the same parent and
+    the same step tokens (sampling often draws one step string many times). Vectorised over the
+    batch; all False when the policy keeps no token arena (e.g. scripted test policies)."""
+    arena_of = getattr(ctx.policy, "arena", None)
+    B, C = cand.shape
+    if not callable(arena_of) or C < 2:
+        return torch.zeros((B, C), dtype=torch.bool)
+    ok = cand >= 0
+    idx = cand.clamp_min(0).long()
+    rows = torch.arange(B)[:, None]
+    toks = arena_of(tree).spans(tree.token_offset[rows, idx], tree.token_length[rows, idx])
+    toks = toks.view(B, C, -1)
+    par = tree.parent[rows, idx]
+    same = (toks[:, :, None, :] == toks[:, None, :, :]).all(-1) & (par[:, :, None] == par[:, None, :])
+    same &= ok[:, :, None] & ok[:, None, :]
+    earlier = torch.ones(C, C, dtype=torch.bool).tril(-1)  # [j, i]: i < j
+    return (same & earlier[None]).any(-1)
