@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_builtin.search.common import check_choice, duplicate_siblings, finish
+from lrm_builtin.search.common import check_choice, duplicate_siblings, finish, terminal_nodes
 
 
 @dataclass
@@ -43,12 +43,9 @@ class BeamSearch:
         B = tree.batch_size
         exp = ctx.expand(tree, torch.zeros((B, 1), dtype=torch.int32), self.n)
         cand = exp.children.view(B, -1)
-        finished: list[list[int]] = [[] for _ in range(B)]
         for depth in range(ctx.max_steps):
             ok = cand >= 0
             term = tree.terminal[torch.arange(B)[:, None], cand.clamp_min(0).long()] & ok
-            for b, n in term.nonzero().tolist():
-                finished[b].append(int(cand[b, n]))
             # A sibling that repeats an earlier sibling's exact step is not a second beam.
             alive = ok & ~term & ~duplicate_siblings(ctx, tree, cand)
             if not bool(alive.any()) or depth == ctx.max_steps - 1:
@@ -58,7 +55,9 @@ class BeamSearch:
             beams = torch.where(idx >= 0, cand.gather(1, idx.clamp_min(0).long()), -1)
             exp = ctx.expand(tree, beams.to(torch.int32), width)
             cand = exp.children.view(B, -1)
-        # Problems with no finished beam fall back to their best unfinished candidates.
+        # Every node is created as a candidate: the finished ones are the tree's terminal nodes.
+        finished = terminal_nodes(tree)
+        # Problems with no finished beam fall back to their last candidates.
         for b in range(B):
             if not finished[b]:
                 finished[b] = [int(x) for x in cand[b].tolist() if x >= 0]

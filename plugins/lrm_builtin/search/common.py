@@ -94,6 +94,17 @@ def finish(ctx, tree, problems, leaves: list[list[int]], how: str) -> list[Searc
     return out
 
 
+def terminal_nodes(tree) -> list[list[int]]:
+    """Per tree, the slots of its terminal (finished) nodes in creation order — for searches in
+    which every node is created as a candidate, the finished candidates without bookkeeping in
+    the search loop."""
+    used = torch.arange(tree.capacity)[None, :] < tree.num_nodes[:, None]
+    out: list[list[int]] = [[] for _ in range(tree.batch_size)]
+    for b, n in (tree.terminal & used).nonzero().tolist():
+        out[b].append(n)
+    return out
+
+
 def grow_chains(ctx, tree, frontier: torch.Tensor, score: bool = True) -> torch.Tensor:
     """Extend every unfinished leaf of frontier [B, M] by one step at a time until all finish.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_builtin.search.common import check_choice, finish
+from lrm_builtin.search.common import check_choice, finish, terminal_nodes
 from lrm_builtin.search.family_util import (check_evaluator, gather, is_terminal, leaves_lists,
                                              need_reward, scores_at)
 
@@ -49,11 +49,8 @@ class ToTBFSSearch:
         tree = ctx.new_tree(problems, num_actions=A, capacity=1 + t * per * (ctx.max_steps + 1) + A)
         B = tree.batch_size
         cand = ctx.expand(tree, torch.zeros((B, 1), dtype=torch.int32), self.proposals).children.view(B, -1)
-        finished: list[list[int]] = [[] for _ in range(B)]
         while True:
             term = is_terminal(tree, cand)
-            for b, j in term.nonzero().tolist():
-                finished[b].append(int(cand[b, j]))
             alive = (cand >= 0) & ~term & (gather(tree.depth, cand) < ctx.max_steps)
             if not bool(alive.any()):
                 break
@@ -61,6 +58,7 @@ class ToTBFSSearch:
             _, idx = ctx.ops.topk_per_tree(value.contiguous(), t, alive.contiguous())
             states = torch.where(idx >= 0, cand.gather(1, idx.clamp_min(0).long()), -1)
             cand = ctx.expand(tree, states.to(torch.int32), per).children.view(B, -1)
+        finished = terminal_nodes(tree)  # every node was created as a candidate
         for b in range(B):
             if not finished[b]:
                 finished[b] = leaves_lists(cand[b: b + 1])[0]
