@@ -17,23 +17,13 @@ from . import ModelInitConfig, TrainLoopConfig
 
 
 @dataclass
-class DPOObjectiveConfig(ObjectiveConfig):
-    """``objective=dpo``: DPO (sigmoid loss on summed log-ratios) against a frozen reference."""
+class PrefRunConfig(ObjectiveConfig):
+    """The run settings every preference objective shares (data, reference, model, loop)."""
 
-    # Registry name of the objective.
-    name: str = "dpo"
-    # β: scale of the log-ratio margin inside the sigmoid (IPO: target margin 1/(2β)).
-    beta: float = 0.1
-    # "sigmoid" (DPO) or "ipo" ((h - 1/(2β))², see ipo_length_norm).
-    loss_type: str = "sigmoid"
-    # Conservative-DPO label smoothing ε in [0, 0.5): -(1-ε) log σ(βh) - ε log σ(-βh).
-    label_smoothing: float = 0.0
-    # IPO only: per-token mean log-probs (TRL's choice) instead of summed ones.
-    ipo_length_norm: bool = True
-    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
-    ref_model: Optional[str] = None
     # Preference pairs: a TRL DPO JSONL path (prompt, chosen, rejected[, scores]).
     data: Optional[str] = None
+    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
+    ref_model: Optional[str] = None
     # Use the first this many valid pairs of the file (null: all).
     num_records: Optional[int] = None
     # Longest sequence in tokens (context + completion + eos); longer ones are cut.
@@ -46,6 +36,22 @@ class DPOObjectiveConfig(ObjectiveConfig):
     model: ModelInitConfig = field(default_factory=ModelInitConfig)
     # Training-loop knobs.
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+@dataclass
+class DPOObjectiveConfig(PrefRunConfig):
+    """``objective=dpo``: DPO (sigmoid loss on summed log-ratios) against a frozen reference."""
+
+    # Registry name of the objective.
+    name: str = "dpo"
+    # β: scale of the log-ratio margin inside the sigmoid (IPO: target margin 1/(2β)).
+    beta: float = 0.1
+    # "sigmoid" (DPO) or "ipo" ((h - 1/(2β))², see ipo_length_norm).
+    loss_type: str = "sigmoid"
+    # Conservative-DPO label smoothing ε in [0, 0.5): -(1-ε) log σ(βh) - ε log σ(-βh).
+    label_smoothing: float = 0.0
+    # IPO only: per-token mean log-probs (TRL's choice) instead of summed ones.
+    ipo_length_norm: bool = True
 
 
 @dataclass
@@ -59,7 +65,7 @@ class IPOObjectiveConfig(DPOObjectiveConfig):
 
 
 @dataclass
-class ODPOObjectiveConfig(ObjectiveConfig):
+class ODPOObjectiveConfig(PrefRunConfig):
     """``objective=odpo``: DPO with offset α·log(r_w - r_l) (Amini et al. 2024)."""
 
     # Registry name of the objective.
@@ -70,26 +76,12 @@ class ODPOObjectiveConfig(ObjectiveConfig):
     alpha: float = 1.0
     # Label smoothing ε in [0, 0.5) of the sigmoid loss.
     label_smoothing: float = 0.0
-    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
-    ref_model: Optional[str] = None
     # Preference pairs with scores: JSONL path; pairs with score_chosen <= score_rejected are rejected.
     data: Optional[str] = None
-    # Use the first this many valid pairs of the file (null: all).
-    num_records: Optional[int] = None
-    # Longest sequence in tokens (context + completion + eos); longer ones are cut.
-    max_length: int = 256
-    # Shuffle the pairs each epoch.
-    shuffle: bool = True
-    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
-    run_name: Optional[str] = None
-    # The policy to train (init: the SFT policy's model folder).
-    model: ModelInitConfig = field(default_factory=ModelInitConfig)
-    # Training-loop knobs.
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
 
 
 @dataclass
-class StepDPOObjectiveConfig(ObjectiveConfig):
+class StepDPOObjectiveConfig(PrefRunConfig):
     """``objective=step_dpo``: DPO on step pairs (prompt + prefix as context, chosen vs rejected step)."""
 
     # Registry name of the objective.
@@ -98,24 +90,12 @@ class StepDPOObjectiveConfig(ObjectiveConfig):
     beta: float = 0.1
     # Label smoothing ε in [0, 0.5) of the sigmoid loss.
     label_smoothing: float = 0.0
-    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
-    ref_model: Optional[str] = None
     # Step pairs: JSONL path (prompt, prefix or initial_reason_steps, chosen step, rejected step).
     data: Optional[str] = None
-    # Use the first this many valid pairs of the file (null: all).
-    num_records: Optional[int] = None
-    # Text after each compared step (the task's step delimiter); no eos is added.
-    completion_suffix: str = "\n"
     # Longest sequence in tokens (prompt + prefix + step); longer ones are cut.
     max_length: int = 256
-    # Shuffle the pairs each epoch.
-    shuffle: bool = True
-    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
-    run_name: Optional[str] = None
-    # The policy to train (init: the SFT policy's model folder).
-    model: ModelInitConfig = field(default_factory=ModelInitConfig)
-    # Training-loop knobs.
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # Text after each compared step (the task's step delimiter); no eos is added.
+    completion_suffix: str = "\n"
 
 
 @dataclass
