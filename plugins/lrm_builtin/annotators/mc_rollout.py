@@ -54,8 +54,6 @@ class MCRolloutAnnotator:
         # The solution's first step (the root's own rollouts would label nothing).
         first = ctx.expand(tree, torch.zeros((B, 1), dtype=torch.int32), 1, sampling, score=False)
         chain = first.children[:, 0, 0].clone()  # current chain node per tree
-        chain_nodes: list[list[int]] = [[int(c)] for c in chain.tolist()]
-        owner: dict[tuple[int, int], int] = {}  # first node of a rollout -> the chain node it labels
         rollouts = torch.full((B, 0), -1, dtype=torch.int32)
         chain_open = ~tree.terminal[ar, chain.long()]
         for _ in range(2 * T):
@@ -63,10 +61,6 @@ class MCRolloutAnnotator:
                 exp = ctx.expand(tree, torch.where(chain_open, chain, -1)[:, None], N, sampling, score=False)
                 kids = exp.children[:, 0, :]  # [B, N]: child 0 continues the chain
                 new_roll = torch.where(chain_open[:, None], kids[:, 1:], -1)
-                for b, j in (new_roll >= 0).nonzero().tolist():
-                    owner[(b, int(new_roll[b, j]))] = int(chain[b])
-                for b in chain_open.nonzero().flatten().tolist():
-                    chain_nodes[b].append(int(kids[b, 0]))
                 chain = torch.where(chain_open, kids[:, 0], chain)
                 done = tree.terminal[ar, chain.long()] | (tree.depth[ar, chain.long()] >= T)
                 chain_open &= ~done
@@ -81,7 +75,10 @@ class MCRolloutAnnotator:
                 break
         records = []
         for b, ex in enumerate(examples):
-            chain_b = chain_nodes[b]
+            # The solution is the path root -> last chain node; a rollout labels the chain node
+            # where its own path leaves the solution's.
+            chain_b = tree.path_to_root(b, int(chain[b]))[::-1][1:]
+            on_chain = set(chain_b)
             texts = [ctx.text(tree, b, n) for n in chain_b]
             steps = [t[len(p):].rstrip(ctx.step.delimiter) for p, t in zip([""] + texts, texts)]
             final_text = texts[-1]
@@ -91,11 +88,10 @@ class MCRolloutAnnotator:
                 leaf_n = int(rollouts[b, j])
                 if leaf_n < 0:
                     continue
-                n = leaf_n
-                while n >= 0 and (b, n) not in owner:
+                n = int(tree.parent[b, leaf_n])
+                while n not in on_chain:
                     n = int(tree.parent[b, n])
-                if n >= 0:
-                    hits[owner[(b, n)]].append(bool(grade(ex, ctx.text(tree, b, leaf_n))))
+                hits[n].append(bool(grade(ex, ctx.text(tree, b, leaf_n))))
             soft = [sum(hits[n]) / len(hits[n]) for n in chain_b]
             if bool(tree.terminal[b, chain_b[-1]]):
                 soft[-1] = float(chain_ok)  # the final step is labelled by its own answer
