@@ -293,9 +293,13 @@ class Pipeline:
         gap = (beam - greedy) / (ceiling - greedy) if ceiling - greedy > 1e-9 else math.nan
         cols = ("search", "n", "accuracy", "tokens", "policy_tokens", "prm_tokens", "reused_tokens")
         prm = self.outputs.get("prm", {})
-        extra = (f"PRM step-level AUROC on held-out problems (exact labels): {prm.get('step_auroc')}\n\n"
-                 f"gap closed by beam@{nmax}: (beam - greedy) / (pass@{nmax} - greedy) = "
-                 f"{gap:.3f}\n" if not math.isnan(gap) else "")
+        ev = prm.get("eval") or {}
+        extra = (f"PRM step-level AUROC on held-out problems (exact labels): {prm.get('step_auroc')} "
+                 f"(step position alone: {ev.get('position_baseline_auroc')}; steps up to the first "
+                 f"error: {ev.get('error_step_auroc')})\n\n")
+        if not math.isnan(gap):
+            extra += (f"gap closed by beam@{nmax}: (beam - greedy) / (pass@{nmax} - greedy) = "
+                      f"{gap:.3f}\n")
         title = f"Test-time scaling on {self.task_cfg.get('name', 'task')} ({self.outputs['sweep']['problems']} problems)"
         write_report(rows, d, title, extra=extra, columns=cols)
         # The run folder's top level carries the latest report, plot and results.

@@ -283,3 +283,21 @@ def test_score_steps_matches_per_solution_forward(tok, one_layer):
         tag_pos = [i for i, t in enumerate(ids[0].tolist()) if t == nl][1:]  # skip the prompt's
         want = [1 / (1 + math.exp(float(logits[t, bad] - logits[t, good]))) for t in tag_pos]
         assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_prm_step_metrics_hand_computed():
+    """Golden values worked out by hand (see the comments), nan steps left out."""
+    from lrm_engine.train.prm import prm_step_metrics
+
+    scores = [[0.9, 0.2, 0.75], [0.8, 0.7], [float("nan")]]
+    labels = [[True, False, False], [True, True], [True]]
+    m = prm_step_metrics(scores, labels, [1, -1, -1])
+    # positives 0.9 0.8 0.7, negatives 0.2 0.75: 5 of 6 pairs ordered (0.7 < 0.75)
+    assert m["step_auroc"] == pytest.approx(5 / 6, abs=1e-6)
+    # >= 0.5 agrees with the label on 4 of 5 steps (0.75 is a bad step)
+    assert m["step_accuracy"] == pytest.approx(0.8)
+    # steps up to the first error: 0.9 0.2 | 0.8 0.7 -> every positive above the one negative
+    assert m["error_step_auroc"] == pytest.approx(1.0)
+    # score -i: positives 0 0 -1, negatives -1 -2: 5 ordered pairs + one tie (1/2) of 6
+    assert m["position_baseline_auroc"] == pytest.approx(5.5 / 6, abs=1e-6)
+    assert (m["num_steps"], m["num_good_steps"]) == (5, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,7 +45,10 @@ def test_lrm_run_toy_pipeline(tmp_path):
     by = {(x["search"], x["n"]): x for x in rows}
     assert by["best_of_n", 2]["prm_tokens"] > 0 and by["majority", 2]["prm_tokens"] == 0
     assert by["majority", 2]["policy_tokens"] > by["majority", 1]["policy_tokens"]
-    assert "| search | n | accuracy |" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "| search | n | accuracy |" in report
+    # The PRM line carries the step-position baseline the PRM has to beat.
+    assert re.search(r"step position alone: 0\.\d+", report), report
     # The embedded defaults are installed for policy.path=null / reward.path=null.
     assert (tmp_path / "cache" / "default" / "policy" / "config.json").is_file()
     assert (tmp_path / "cache" / "default" / "prm" / "config.json").is_file()

@@ -13,8 +13,11 @@ and saves ``<run_dir>/model``: a Hugging Face model folder plus ``prm_config.jso
 Evaluation (:func:`evaluate_prm_on_task`): the PRM scores every step of solutions to *held-out*
 problems (the task's test split; gold solutions and solutions with one injected wrong step
 carried through) and the scores are compared with the task's exact prefix labels: step-level
-AUROC (the issue's metric), step accuracy at 0.5, and the solution-level AUROC of the min-step
-score against final-answer correctness. Results go to ``<run_dir>/eval.json``.
+AUROC (the issue's metric), step accuracy at 0.5, the AUROC on the steps up to each first
+error (does the PRM catch the wrong step itself), the AUROC that step position alone reaches
+(prefix labels fall with depth: a PRM must beat it to be judging steps; see
+:func:`prm_step_metrics`) and the solution-level AUROC of the min-step score against
+final-answer correctness. Results go to ``<run_dir>/eval.json``.
 """
 
 from __future__ import annotations
@@ -152,28 +155,57 @@ def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_toke
     scores = score_steps(model, tokenizer, pairs, good_token_id=good_token_id,
                          bad_token_id=bad_token_id, step_tag=task.step.delimiter,
                          max_length=max_length, batch_size=cfg.batch_size)
-    flat_s, flat_y, sol_min, sol_ok = [], [], [], []
+    labels = [task.prefix_labels(s.example, s.steps) for s in sols]
+    sol_min, sol_ok = [], []
     for s, sc in zip(sols, scores):
-        labels = task.prefix_labels(s.example, s.steps)
-        kept = [(v, y) for v, y in zip(sc, labels) if not math.isnan(v)]
-        flat_s += [v for v, _ in kept]
-        flat_y += [y for _, y in kept]
+        kept = [v for v in sc if not math.isnan(v)]
         if kept:
-            sol_min.append(min(v for v, _ in kept))
+            sol_min.append(min(kept))
             sol_ok.append(task.grade(s.example, task.step.join_steps(s.steps)))
+    out = prm_step_metrics(scores, labels, [s.error_step for s in sols])
+    out["solution_auroc_min"] = _round(auroc(sol_min, sol_ok)) if sol_min else None
+    out["num_solutions"] = len(sols)
+    out["labels"] = "exact prefix labels of the task (step i good iff steps 0..i correct)"
+    out["eval"] = asdict(cfg)
+    return out
 
-    def _num(x: float) -> float | None:
-        return None if math.isnan(x) else round(float(x), 6)
 
+def _round(x: float) -> float | None:
+    return None if math.isnan(x) else round(float(x), 6)
+
+
+def prm_step_metrics(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]],
+                     error_steps: Sequence[int]) -> dict[str, Any]:
+    """Step-level metrics of PRM ``scores`` against exact prefix ``labels`` (one list per
+    solution; nan scores — steps cut by the length limit — are left out).
+
+    - ``step_auroc``: AUROC over every step (the headline metric).
+    - ``step_accuracy``: ``score >= 0.5`` agrees with the label.
+    - ``error_step_auroc``: AUROC over the steps up to and including each solution's first wrong
+      step (``error_steps[i]``, -1: none, all steps kept): does the PRM catch the wrong step
+      itself, rather than only the steps after it?
+    - ``position_baseline_auroc``: the AUROC that ``score = -(step index)`` gets on the same steps.
+      Prefix labels fall with depth, so a PRM that learned only "later steps are worse" reaches
+      this figure without judging any step; a PRM that checks steps must beat it.
+    """
+    flat_s, flat_y, pos, loc_s, loc_y = [], [], [], [], []
+    for sc, lab, err in zip(scores, labels, error_steps):
+        for i, (v, y) in enumerate(zip(sc, lab)):
+            if math.isnan(v):
+                continue
+            flat_s.append(v)
+            flat_y.append(bool(y))
+            pos.append(-float(i))
+            if err < 0 or i <= err:
+                loc_s.append(v)
+                loc_y.append(bool(y))
     return {
-        "step_auroc": _num(auroc(flat_s, flat_y)),
-        "step_accuracy": _num(binary_accuracy(flat_s, flat_y)),
-        "solution_auroc_min": _num(auroc(sol_min, sol_ok)) if sol_min else None,
-        "num_solutions": len(sols),
+        "step_auroc": _round(auroc(flat_s, flat_y)),
+        "step_accuracy": _round(binary_accuracy(flat_s, flat_y)),
+        "error_step_auroc": _round(auroc(loc_s, loc_y)),
+        "position_baseline_auroc": _round(auroc(pos, flat_y)),
         "num_steps": len(flat_s),
-        "num_good_steps": int(sum(bool(y) for y in flat_y)),
-        "labels": "exact prefix labels of the task (step i good iff steps 0..i correct)",
-        "eval": asdict(cfg),
+        "num_good_steps": int(sum(flat_y)),
     }
 
 
