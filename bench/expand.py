@@ -5,7 +5,8 @@ per step), depth 8 (or until every beam finishes), 32 prompts, max_step_tokens 1
 random-init Llama (~3M parameters) as the policy and another as the `prm_token` PRM.
 
 - ours: `SearchContext` + the built-in `beam` search (n=32, beam_width=4) over `HFPolicy` (each
-  node's step KV stored once, children decoded on their parent's cached prefix) and the
+  node's step KV stored once, children decoded on their parent's cached prefix; `--policy tree`:
+  the `tree` policy, tree attention over the node segments with no per-child cache copy) and the
   incremental `TokenPRM` (only the new step's tokens on the parent's cached PRM KV).
 - naive: the same search loop (same models, same sampling settings, same batching across
   problems) as open-source peers run it: every expansion re-encodes each child's whole path
@@ -15,7 +16,7 @@ random-init Llama (~3M parameters) as the policy and another as the `prm_token` 
 Both sample (temperature 1, their own seeded generators), so the trees differ in content but
 not in shape. `ratios`: tokens computed naive / ours (policy; PRM) and wall time naive / ours.
 
-    python bench/expand.py [--prompts 32] [--depth 8] [--repeats 1]
+    python bench/expand.py [--prompts 32] [--depth 8] [--repeats 1] [--policy hf|tree]
 
 Last stdout line: {"bench": "expand", "workload": ..., "wall_s": ..., "tokens": ..., "ratios": ...}
 """
@@ -61,7 +62,8 @@ def make_prompts(n):
 
 
 # ----------------------------------------------------------------------------- ours
-def run_ours(pol_model, prm_model, tok, prompts, depth, beams, children, max_step_tokens, seed):
+def run_ours(pol_model, prm_model, tok, prompts, depth, beams, children, max_step_tokens, seed,
+             policy_kind="hf"):
     from lrm_builtin.search.beam import BeamSearch
 
     from lrm_engine.core.engine import SearchContext
@@ -72,7 +74,12 @@ def run_ours(pol_model, prm_model, tok, prompts, depth, beams, children, max_ste
     from lrm_engine.rewards import TokenPRM
 
     step = StepConvention(delimiter="\n", answer_prefix="Answer: ")
-    policy = HFPolicy(pol_model, tok, step=step, kv_budget_mb=4096, max_step_tokens=max_step_tokens)
+    if policy_kind == "tree":
+        from lrm_engine.models.tree_policy import TreePolicy
+
+        policy = TreePolicy(pol_model, tok, step=step, kv_budget_mb=4096, max_step_tokens=max_step_tokens)
+    else:
+        policy = HFPolicy(pol_model, tok, step=step, kv_budget_mb=4096, max_step_tokens=max_step_tokens)
     prm = TokenPRM(prm_model, tok, kv_budget_mb=4096)
     ctx = SearchContext(policy=policy, step=step, prompt=lambda p: p.question, reward=prm,
                         sampling=SamplingConfig(temperature=1.0, seed=seed), ops=get_backend("auto"),
@@ -222,18 +229,20 @@ def main():
     ap.add_argument("--children", type=int, default=4)
     ap.add_argument("--max-step-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--policy", choices=("hf", "tree"), default="hf",
+                    help="our policy: hf (per-node prefix caches) or tree (tree attention over node segments)")
     args = ap.parse_args()
     pol, prm, tok = build_models()
     n_params = sum(p.numel() for p in pol.parameters())
     prompts = make_prompts(args.prompts)
     wl = dict(prompts=args.prompts, beams=args.beams, children=args.children, depth=args.depth,
               max_step_tokens=args.max_step_tokens, policy_params=n_params, prm_params=n_params,
-              vocab=len(tok), repeats=args.repeats)
+              vocab=len(tok), repeats=args.repeats, policy=args.policy)
     print(f"expand bench: {wl}", file=sys.stderr)
     ours, naive = [], []
     for r in range(args.repeats):  # interleaved, so background load falls on both alike
         ours.append(run_ours(pol, prm, tok, prompts, args.depth, args.beams, args.children,
-                             args.max_step_tokens, seed=r))
+                             args.max_step_tokens, seed=r, policy_kind=args.policy))
         print(f"  ours  run {r}: {ours[-1]['wall_s']:.1f}s (cpu {ours[-1]['cpu_s']:.1f}s)", file=sys.stderr)
         naive.append(run_naive(pol, prm, tok, prompts, args.depth, args.beams, args.children,
                                args.max_step_tokens, seed=r))
