@@ -10,7 +10,7 @@ search; tokens = policy + PRM tokens computed per problem (reused prefix tokens 
 counted). How N maps onto each search's knob:
 
     greedy: once (N = 1)            majority, best_of_n, beam, lookahead, dvts, compute_optimal: n = N
-    mcts: simulations = N (k = 4)   tot_bfs: proposals = N // 2 kept 2   tot_dfs: proposals 4, step_limit = N
+    mcts: simulations = N (k = 4)   tot_bfs: proposals = N // 2 kept 2   tot_dfs: proposals 4, step_limit = MAX_STEPS + N
     sr_mcts: iterations = N // 2
 
 Writes a table (stderr), scaling.png and rows.json into --out, and prints as its last line
@@ -31,6 +31,8 @@ from _common import load_average, machine, utc_now  # noqa: E402
 
 ALL = ("greedy", "majority", "best_of_n", "beam", "lookahead", "dvts", "mcts", "tot_bfs",
        "tot_dfs", "compute_optimal", "sr_mcts")
+# Depth limit of every search (ctx.max_steps).
+MAX_STEPS = 10
 NEEDS_PRM = {"best_of_n", "beam", "lookahead", "dvts", "mcts", "tot_bfs", "tot_dfs", "compute_optimal"}
 
 
@@ -42,7 +44,9 @@ def knobs(search: str, n: int) -> dict:
         "compute_optimal": {"n": n},
         "mcts": {"simulations": n, "k": 4},
         "tot_bfs": {"proposals": max(2, n // 2), "keep": 2},
-        "tot_dfs": {"proposals": 4, "step_limit": n},
+        # a straight dive to the depth limit, then N states of backtracking (step_limit = N
+        # alone cannot reach a 6-step solution at N = 4)
+        "tot_dfs": {"proposals": 4, "step_limit": MAX_STEPS + n},
         "sr_mcts": {"iterations": max(1, n // 2)},
     }[search]
 
@@ -97,7 +101,7 @@ def main() -> int:
                 reward = regs["reward"].create("pairwise", path=args.pairwise or pol_dir)
             ctx = SearchContext(policy=policy, reward=reward, step=task.step, prompt=task.prompt,
                                 sampling=SamplingConfig(temperature=1.0, seed=0), ops=comps.kernels,
-                                aggregation="min", max_steps=10)
+                                aggregation="min", max_steps=MAX_STEPS)
             search = regs["search"].create(s, **knobs(s, n))
             t0 = time.perf_counter()
             try:
