@@ -22,7 +22,7 @@ class VineRolloutConfig:
     # Use the first this many problems of the split (null: all).
     num_prompts: Optional[int] = 2000
     # Prompts per rollout batch.
-    prompts_per_batch: int = 4
+    prompts_per_batch: int = 8
     # Trajectories sampled per prompt.
     num_generations: int = 4
     # Monte-Carlo completions per (deduplicated) state: K of VinePPO.
@@ -78,9 +78,9 @@ class RestMCTSObjectiveConfig(ObjectiveConfig):
     # Registry name of the objective.
     name: str = "rest_mcts"
     # Self-training iterations (search, then train both models).
-    iterations: int = 3
+    iterations: int = 6
     # Train problems searched per iteration (each iteration takes the next ones).
-    problems_per_iteration: int = 64
+    problems_per_iteration: int = 512
     # Task split the searched problems come from.
     split: str = "train"
     # MCTS simulations per problem.
