@@ -50,12 +50,11 @@ class Objective(Protocol):
 
 
 class ObjectiveBase:
-    """Convenience base: no-op defaults for every optional hook of the loop."""
+    """Convenience base: no-op defaults for every optional hook of the loop. A per-batch
+    objective adds ``loss`` (the :class:`Objective` protocol); a recipe objective whose run is
+    its own outer loop (``rest_mcts``) has none."""
 
     name: str = "objective"
-
-    def loss(self, model, batch):  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def setup(self, model, device) -> None:
         return None

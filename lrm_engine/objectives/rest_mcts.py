@@ -34,9 +34,6 @@ class RestMCTSObjective(ObjectiveBase):
     def __init__(self, **settings):
         self.settings = dict(settings)
 
-    def loss(self, model, batch):  # pragma: no cover - never called by the loop
-        raise NotImplementedError("rest_mcts trains through lrm_engine.train.rest_mcts")
-
 
 def make_rest_mcts_objective(**kwargs) -> RestMCTSObjective:
     """Registry factory for ``objective=rest_mcts``."""

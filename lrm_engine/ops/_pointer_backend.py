@@ -11,6 +11,8 @@ Semantics: lrm_engine/ops/reference.py.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 import operator
 import weakref
@@ -66,7 +68,7 @@ RULES = {"puct": 0, "uct": 1}
 SEGMENT_OPS = {"min": 0, "max": 1, "sum": 2, "mean": 3, "last": 4, "prod": 5}
 
 
-class PointerBackend:
+class PointerBackend(ABC):
     """The six tree ops over a compiled module ``self._m`` taking raw pointers.
 
     Subclasses set ``name``, ``_m`` and implement ``_check_device`` (raise for a tensor the
@@ -84,8 +86,9 @@ class PointerBackend:
         self._views: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ hooks
+    @abstractmethod
     def _check_device(self, t: torch.Tensor, what: str, device: torch.device | None) -> None:
-        raise NotImplementedError
+        """Raise if ``t`` cannot be used by this backend on ``device``."""
 
     def _extra(self, device: torch.device) -> tuple:
         return ()

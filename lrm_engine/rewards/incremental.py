@@ -35,6 +35,8 @@ forward_calls.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import itertools
 import weakref
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ class _TreeState:
     seen: set = field(default_factory=set)
 
 
-class IncrementalPRM:
+class IncrementalPRM(ABC):
     """Base of the incremental reward models (``prm_token``, ``prm_head``, ``value_head``)."""
 
     name = "prm"
@@ -107,9 +109,9 @@ class IncrementalPRM:
         return list(ids)
 
     # ------------------------------------------------------------ the head (per kind)
+    @abstractmethod
     def _head(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Scores [P] float32 in [0, 1] from hidden [T, d] at positions [P]."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ trees
     def _state(self, tree, policy) -> _TreeState:

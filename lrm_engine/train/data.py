@@ -18,6 +18,8 @@ indices are then prompt indices).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import logging
@@ -248,7 +250,7 @@ class BatchSource(Protocol):
         ...
 
 
-class DatasetBatchSource:
+class DatasetBatchSource(ABC):
     """Micro-batches of ``batch_size`` units from a fixed tokenised dataset, in
     :class:`DataOrder` (see the module docstring): the base of the SFT, PRM and preference
     sources.
@@ -268,9 +270,9 @@ class DatasetBatchSource:
         self.order = DataOrder(len(dataset), seed, shuffle)
         self.position = 0  # stream position of the next unit
 
+    @abstractmethod
     def collate(self, units: list) -> tuple[Any, list[int]]:
         """The batch of these units and the indices of the examples they hold."""
-        raise NotImplementedError
 
     def next_batch(self):
         idx = self.order.take(self.position, self.batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -75,7 +76,7 @@ class JsonlMathTaskConfig(TaskConfig):
     grade_timeout: float = DEFAULT_TIMEOUT
 
 
-class JsonlMathTask(PromptMixin):
+class JsonlMathTask(PromptMixin, ABC):
     """A task whose splits are ``<path>/<split>.jsonl`` files of math word problems.
 
     The text options left unset (None) take the defaults of the task's config ``schema``.
@@ -119,8 +120,9 @@ class JsonlMathTask(PromptMixin):
     def _make_step(self, delimiter: str, answer_prefix: str) -> StepConvention:
         return MathStepConvention(delimiter=delimiter, answer_prefix=answer_prefix)
 
+    @abstractmethod
     def _to_example(self, split: str, index: int, rec: dict[str, Any]) -> Example:
-        raise NotImplementedError
+        """The task's Example for one JSONL record (line ``index`` of ``split``)."""
 
     # -- data ----------------------------------------------------------------------------
     @property
