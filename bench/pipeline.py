@@ -58,6 +58,7 @@ def main() -> int:
     print(json.dumps({
         "bench": "pipeline", "wall_s": round(wall, 1), "accuracy": keep,
         f"gap_closed_beam{nmax}": gap, "prm_step_auroc": res.get("prm_step_auroc"),
+        "prm_greedy_as_policy": res.get("prm_greedy_as_policy"),
         "stage_wall_s": res.get("stage_wall_s"), "threads": int(threads),
         "load_average_start": load0, "load_average_end": load_average(), "machine": machine(),
         "date": utc_now(), "overrides": extra,

@@ -81,7 +81,8 @@ def main() -> int:
 
     def prm_scores(pairs):
         return score_steps(prm, rtok, pairs, good_token_id=rcfg["good_token_id"],
-                           bad_token_id=rcfg["bad_token_id"], step_tag=delim)
+                           bad_token_id=rcfg["bad_token_id"], step_tag=delim,
+                           readout=rcfg.get("readout", "tag"))
 
     # --- the noise set
     sols = task.noisy_solutions("test", fraction=0.5, seed=1, limit=args.problems)

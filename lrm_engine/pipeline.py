@@ -1,8 +1,11 @@
 """`lrm run`: the whole survey pipeline on the embedded default, stage by stage, cached.
 
     sft       generate (noisy) arith solutions -> train the tiny policy from scratch
-    annotate  mc_rollout (Math-Shepherd) labels of policy solutions, through the tree engine
-    prm       train the tiny prm_token PRM on them (initialised from the policy); step AUROC
+    warmup    the verifier's base: a copy of the policy trained further on clean reference
+              solutions (Math-Shepherd's completer, and the PRM's initialisation)
+    annotate  mc_rollout (Math-Shepherd) labels of policy solutions, completed by the warmup
+              model, through the tree engine
+    prm       train the tiny prm_token PRM on them (initialised from the warmup model); step AUROC
     sweep     greedy, majority@N, best_of_N@N (PRM-weighted), beam@N for every N, on held-out
               problems; pass@N from the N samples (the ceiling)
     report    table on the terminal, report.md, results.jsonl, scaling.png
@@ -27,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-STAGES = ("sft", "annotate", "prm", "sweep", "report")
+STAGES = ("sft", "warmup", "annotate", "prm", "sweep", "report")
 SWEEP_SEARCHES = ("greedy", "majority", "best_of_n", "beam")
 
 
@@ -56,13 +59,27 @@ class PipelineConfig:
     # Train-split problems annotated by mc_rollout.
     annotate_problems: int = 384
     # Rollouts per step prefix (N of Math-Shepherd).
-    annotate_rollouts: int = 16
-    # PRM optimizer steps (the PRM starts from the SFT policy's weights).
-    prm_steps: int = 80
+    annotate_rollouts: int = 8
+    # Keep the rollouts that reached the correct answer as all-good PRM records too.
+    annotate_emit_rollouts: bool = True
+    # Who completes the step prefixes: "warmup" (the verifier's base, Math-Shepherd's separate
+    # completer) or "policy" (the policy completes its own solutions).
+    annotate_completer: str = "warmup"
+    # Verifier warm-up: language-model steps on the task's clean reference solutions that a
+    # copy of the SFT policy takes to become the completer and the PRM's initialisation;
+    # 0 = use the SFT policy itself.
+    prm_warmup_steps: int = 300
+    # Peak learning rate of the warm-up.
+    prm_warmup_lr: float = 1e-3
+    # PRM optimizer steps on the mc_rollout labels.
+    prm_steps: int = 200
     # PRM micro-batch size.
     prm_batch: int = 32
     # PRM peak learning rate.
-    prm_lr: float = 1e-3
+    prm_lr: float = 1e-4
+    # How the PRM scores a step: "tag" (P(+) vs P(-) at the step tag, Math-Shepherd) or
+    # "likelihood" (its own probability of the step's least likely token; see objectives/prm.py).
+    prm_readout: str = "likelihood"
     # Held-out problems for the PRM's step-level AUROC against the task's exact labels.
     prm_eval_problems: int = 200
     # Searches of the sweep (greedy runs once, at N = 1).
@@ -110,19 +127,24 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         # Stages (re)run in this invocation: the stages that read them rerun too.
         self.ran: set[str] = set()
-        if stage is not None and stage not in STAGES:
-            from lrm_engine.errors import UserError
+        from lrm_engine.errors import UserError
 
+        if stage is not None and stage not in STAGES:
             raise UserError(f"stage={stage!r} is not a stage of `lrm run`; stages: {', '.join(STAGES)}")
+        for key, allowed in (("annotate_completer", ("warmup", "policy")), ("prm_readout", ("tag", "likelihood"))):
+            if getattr(cfg, key) not in allowed:
+                raise UserError(f"pipeline.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
 
     # ------------------------------------------------------------------ plumbing
     def _stage_settings(self, name: str) -> dict:
         c = asdict(self.cfg)
         keys = {
             "sft": ["policy_size", "sft_examples", "sft_noise", "sft_steps", "sft_batch", "sft_lr"],
-            "annotate": ["annotate_problems", "annotate_rollouts", "max_step_tokens", "max_steps",
-                         "temperature"],
-            "prm": ["prm_steps", "prm_batch", "prm_lr", "prm_eval_problems"],
+            "warmup": ["prm_warmup_steps", "prm_warmup_lr", "sft_examples", "sft_batch"],
+            "annotate": ["annotate_problems", "annotate_rollouts", "annotate_emit_rollouts",
+                         "annotate_completer", "max_step_tokens", "max_steps", "temperature"],
+            "prm": ["prm_steps", "prm_batch", "prm_lr", "prm_readout", "prm_eval_problems",
+                    "max_step_tokens", "eval_split", "eval_problems"],
             "sweep": ["eval_split", "eval_problems", "searches", "sweep_n", "beam_width", "aggregation",
                       "max_step_tokens", "max_steps", "temperature", "search_batch"],
             "report": [],
@@ -130,7 +152,7 @@ class Pipeline:
         return {k: c[k] for k in keys}
 
     def _deps(self, name: str) -> list[str]:
-        return {"sft": [], "annotate": ["sft"], "prm": ["sft", "annotate"],
+        return {"sft": [], "warmup": ["sft"], "annotate": ["sft", "warmup"], "prm": ["warmup", "annotate"],
                 "sweep": ["sft", "prm"], "report": ["sweep", "prm"]}[name]
 
     def stage_dir(self, name: str) -> Path:
@@ -167,6 +189,7 @@ class Pipeline:
     def run(self) -> dict:
         t0 = time.perf_counter()
         self._run_stage("sft", self.stage_sft)
+        self._run_stage("warmup", self.stage_warmup)
         self._run_stage("annotate", self.stage_annotate)
         self._run_stage("prm", self.stage_prm)
         self._run_stage("sweep", self.stage_sweep)
@@ -214,22 +237,32 @@ class Pipeline:
         c = self.cfg
         examples = _take(self.task.examples("train"), c.annotate_problems, offset=c.sft_examples)
         ctx = self._ctx(self._policy(self.outputs["sft"]["model_dir"]))
-        ann = MCRolloutAnnotator(num_rollouts=c.annotate_rollouts, temperature=c.temperature, seed=self.seed)
+        completer = None
+        if c.annotate_completer == "warmup" and self.outputs["warmup"]["steps"] > 0:
+            completer = self._ctx(self._policy(self.outputs["warmup"]["model_dir"]))
+        ann = MCRolloutAnnotator(num_rollouts=c.annotate_rollouts, temperature=c.temperature, seed=self.seed,
+                                 emit_rollouts=c.annotate_emit_rollouts)
         recs = ann.annotate(ctx, examples, self.task.grade, ResultsFile(d / "prm.jsonl"),
-                            batch_size=c.search_batch)
+                            batch_size=c.search_batch, completer=completer)
         steps = sum(len(r["labels"]) for r in recs)
         good = sum(sum(r["labels"]) for r in recs)
         return {"data": str(d / "prm.jsonl"), "records": len(recs), "steps": steps,
-                "good_steps": int(good), "policy_tokens": ctx.counters()}
+                "rollout_records": sum(r.get("source") == "rollout" for r in recs),
+                "good_steps": int(good), "policy_tokens": ctx.counters(),
+                "completer": "policy" if completer is None else "warmup",
+                "completer_tokens": None if completer is None else completer.counters()}
 
     def stage_prm(self, d: Path) -> dict:
+        from lrm_engine.objectives.prm import PRMObjective
         from lrm_engine.train import load_prm_jsonl, train_prm
 
         c = self.cfg
         loaded = load_prm_jsonl(self.outputs["annotate"]["data"])
         records = loaded.records
+        base = self.outputs["warmup"]["model_dir"]
         res = train_prm(
-            d, records=records, task=self.task, model=self.outputs["sft"]["model_dir"],
+            d, records=records, task=self.task, model=base,
+            objective=PRMObjective(readout=c.prm_readout),
             train=dict(total_steps=c.prm_steps, micro_batch_size=c.prm_batch, lr=c.prm_lr,
                        save_every=max(50, c.prm_steps // 3), seed=self.seed,
                        warmup_steps=min(30, c.prm_steps // 10 + 1)),
@@ -237,7 +270,43 @@ class Pipeline:
         )
         ev = (getattr(res, "metrics", None) or {}).get("eval", {})
         return {"model_dir": str(res.model_dir), "final_loss": res.final_loss,
-                "step_auroc": ev.get("step_auroc"), "eval": ev, "skipped_records": loaded.skipped}
+                "step_auroc": ev.get("step_auroc"), "eval": ev, "skipped_records": loaded.skipped,
+                "greedy_as_policy": self._greedy_accuracy(str(res.model_dir))}
+
+    def stage_warmup(self, d: Path) -> dict:
+        """Continue the policy's language-model training on clean reference solutions: the
+        verifier's base (the completer of the annotation and the PRM's initialisation). The
+        policy learned from solutions with injected errors and stopped at sft_steps; the
+        verifier gets this extra, clean training. Its cost is this stage's wall time and the
+        PRM's own greedy accuracy is reported, so nobody mistakes where its edge comes from."""
+        from lrm_engine.train import train_sft
+
+        c = self.cfg
+        if c.prm_warmup_steps <= 0:
+            return {"model_dir": self.outputs["sft"]["model_dir"], "steps": 0}
+        res = train_sft(
+            d, task=self.task, model=self.outputs["sft"]["model_dir"],
+            data=dict(num_examples=c.sft_examples, noise_fraction=0.0, max_length=256),
+            train=dict(total_steps=c.prm_warmup_steps, micro_batch_size=c.sft_batch, lr=c.prm_warmup_lr,
+                       save_every=max(50, c.prm_warmup_steps // 3), seed=self.seed + 1,
+                       warmup_steps=min(20, c.prm_warmup_steps // 10 + 1)),
+        )
+        return {"model_dir": str(res.model_dir), "steps": res.steps, "final_loss": res.final_loss}
+
+    def _greedy_accuracy(self, model_dir: str) -> float:
+        """Greedy accuracy of a model used as the policy on the sweep's problems (the PRM's
+        model: how much it knows as a solver, next to what it buys as a verifier)."""
+        from lrm_engine.core.engine import run_search
+        from lrm_engine.core.results import ResultsFile
+
+        c = self.cfg
+        examples = _take(self.task.examples(c.eval_split), c.eval_problems)
+        by_id = {ex.problem.id: ex for ex in examples}
+        out = Path(model_dir).parent / "greedy_as_policy.jsonl"
+        out.unlink(missing_ok=True)
+        recs = run_search(self._make_search("greedy", 1), self._ctx(self._policy(model_dir)),
+                          [ex.problem for ex in examples], ResultsFile(out), batch_size=c.search_batch)
+        return _score_cell("greedy", 1, recs, by_id, self.task)["accuracy"]
 
     def _make_search(self, name: str, n: int):
         kw: dict[str, Any] = {}
@@ -295,8 +364,15 @@ class Pipeline:
         prm = self.outputs.get("prm", {})
         ev = prm.get("eval") or {}
         extra = (f"PRM step-level AUROC on held-out problems (exact labels): {prm.get('step_auroc')} "
-                 f"(step position alone: {ev.get('position_baseline_auroc')}; steps up to the first "
-                 f"error: {ev.get('error_step_auroc')})\n\n")
+                 f"(prefix score = running min of step scores; each step's own score: "
+                 f"{ev.get('step_auroc_raw')}; step position alone: {ev.get('position_baseline_auroc')}; "
+                 f"steps up to the first error: {ev.get('error_step_auroc')})\n\n")
+        if prm.get("greedy_as_policy") is not None:
+            w = self.outputs.get("warmup") or {}
+            extra += (f"The PRM's model used as the policy (greedy): {100 * prm['greedy_as_policy']:.1f}% "
+                      f"(initialised from the policy + {w.get('steps', 0)} warm-up steps on clean "
+                      f"solutions; readout: {self.cfg.prm_readout}). The verifier knows more than the "
+                      f"policy: that is what search with it buys.\n\n")
         if not math.isnan(gap):
             extra += (f"gap closed by beam@{nmax}: (beam - greedy) / (pass@{nmax} - greedy) = "
                       f"{gap:.3f}\n")
@@ -312,7 +388,7 @@ class Pipeline:
         self.log("\n" + title + "\n" + table + "\n" + extra)
         return {"accuracy": acc, "gap_closed_beam": None if math.isnan(gap) else round(gap, 4),
                 "report": str(self.root / "report.md"), "plot": str(self.root / "scaling.png"),
-                "prm_step_auroc": prm.get("step_auroc")}
+                "prm_step_auroc": prm.get("step_auroc"), "prm_greedy_as_policy": prm.get("greedy_as_policy")}
 
     def _install_defaults(self) -> None:
         from lrm_engine.default_models import default_model_dir

@@ -69,3 +69,69 @@ def test_batched_calls_and_resume(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "prm.jsonl").read_text().splitlines()]
     assert [r["id"] for r in lines] == ["e0", "e1", "e2", "e3", "e4"]
     assert all(set(r) >= {"prompt", "completions", "labels"} for r in lines)
+
+
+def test_emit_rollouts_keeps_each_distinct_correct_rollout():
+    # Same world as above: of the rollouts, only (0,1)->(0,1,0) reaches "yes" (it branches off
+    # the chain at c1, whose soft label is 1/3). It becomes one all-good record per problem.
+    recs = MCRolloutAnnotator(num_rollouts=3, emit_rollouts=True).annotate_batch(
+        ctx_for(world()), examples(2), grade)
+    assert [r["id"] for r in recs] == ["e0", "e0#r0", "e1", "e1#r0"]
+    r = recs[1]
+    assert r["completions"] == ["s1c0", "s2c1", "s3c0 Answer: yes"]
+    assert r["labels"] == [True, True, True] and r["source"] == "rollout"
+    assert r["soft_labels"] == pytest.approx([1 / 3, 1.0, 1.0])
+    assert grade(examples(1)[0], "\n".join(r["completions"]))
+    # more rollouts: the duplicates of the same correct path are written once
+    many = MCRolloutAnnotator(num_rollouts=9, emit_rollouts=True, temperature=1.0).annotate_batch(
+        ctx_for(world()), examples(1), grade)
+    kept = [tuple(r["completions"]) for r in many if r.get("source") == "rollout"]
+    assert kept and len(kept) == len(set(kept))
+    assert all(c[1].startswith("s2c1") for c in kept)  # only paths whose second choice is 1
+
+
+class PrefixPolicy(ScriptedPolicy):
+    """A scripted completer whose roots start at the path written in the prompt
+    ("q0" + "s1c0\\ns2c1\\n" -> path (0, 1)); text() is what was generated after the root."""
+
+    def init_roots(self, tree, prompts):
+        import re
+
+        self._root = getattr(self, "_root", {})
+        for b, p in enumerate(prompts):
+            path = tuple(int(c) for c in re.findall(r"s\d+c(\d+)", p))
+            self._paths[(id(tree), b, 0)] = path
+            self._root[(id(tree), b)] = len(path)
+
+    def text(self, tree, b, n, with_prompt=False):
+        p, r = self.path(tree, b, n), self._root[(id(tree), b)]
+        return "".join(self.world.step_text(p[: i + 1]) + "\n" for i in range(r, len(p)))
+
+
+def test_separate_completer_labels_the_policy_solution():
+    # The policy writes the chain (0,0,0). The completer prefers choice 1 (then 0, then 2); from
+    # prefix (0,) its 3 completions are (0,1,1) yes, (0,0,1) no, (0,2,1) no: soft 1/3. From
+    # (0,0) every completion keeps choice 0 at level 2: all "no", 0. The last step: its own
+    # answer ("no"), 0. The solution's own answer is not counted as a completion.
+    smart = ScriptedWorld(branching=3, depth=3, logprob=lambda p: -float(abs(p[-1] - 1)),
+                          score=lambda p: 0.5, answer=lambda p: "yes" if p[1] == 1 else "no")
+    completer = SearchContext(policy=PrefixPolicy(smart), step=STEP, prompt=lambda p: p.question, max_steps=5)
+    ann = MCRolloutAnnotator(num_rollouts=3, emit_rollouts=True)
+    recs = ann.annotate_batch(ctx_for(world()), examples(2), grade, completer=completer)
+    assert [r["id"] for r in recs] == ["e0", "e0#r0", "e1", "e1#r0"]
+    r = recs[0]
+    assert r["completions"] == ["s1c0", "s2c0", "s3c0 Answer: no"]
+    assert r["soft_labels"] == pytest.approx([1 / 3, 0.0, 0.0])
+    assert r["labels"] == [True, False, False] and r["answer_correct"] is False
+    roll = recs[1]
+    assert roll["completions"] == ["s1c0", "s2c1", "s3c1 Answer: yes"]
+    assert roll["labels"] == [True, True, True] and roll["soft_labels"] == pytest.approx([1 / 3, 1.0, 1.0])
+    # one completer call per level for all prefixes of the batch (+ the first expansion)
+    assert completer.policy.expand_calls <= 1 + 3
+    # through annotate(): resumable as before
+    import tempfile, pathlib
+    with tempfile.TemporaryDirectory() as d:
+        out = ResultsFile(pathlib.Path(d) / "prm.jsonl")
+        got = ann.annotate(ctx_for(world()), examples(3), grade, out, batch_size=2, progress=False,
+                           completer=completer)
+        assert [x["id"] for x in got if "#" not in x["id"]] == ["e0", "e1", "e2"]

@@ -293,7 +293,9 @@ def test_prm_step_metrics_hand_computed():
     labels = [[True, False, False], [True, True], [True]]
     m = prm_step_metrics(scores, labels, [1, -1, -1])
     # positives 0.9 0.8 0.7, negatives 0.2 0.75: 5 of 6 pairs ordered (0.7 < 0.75)
-    assert m["step_auroc"] == pytest.approx(5 / 6, abs=1e-6)
+    assert m["step_auroc_raw"] == pytest.approx(5 / 6, abs=1e-6)
+    # prefix scores (running min): 0.9 0.2 0.2 | 0.8 0.7 -> negatives 0.2 0.2 below every positive
+    assert m["step_auroc"] == pytest.approx(1.0)
     # >= 0.5 agrees with the label on 4 of 5 steps (0.75 is a bad step)
     assert m["step_accuracy"] == pytest.approx(0.8)
     # steps up to the first error: 0.9 0.2 | 0.8 0.7 -> every positive above the one negative
@@ -301,3 +303,73 @@ def test_prm_step_metrics_hand_computed():
     # score -i: positives 0 0 -1, negatives -1 -2: 5 ordered pairs + one tie (1/2) of 6
     assert m["position_baseline_auroc"] == pytest.approx(5.5 / 6, abs=1e-6)
     assert (m["num_steps"], m["num_good_steps"]) == (5, 3)
+
+
+# --------------------------------------------------------------------------- likelihood read-out
+
+
+def _hand_min_logprob(logits, ids, units):
+    """Per step (row-major): min over the step's tokens (its first included, predicted at the
+    previous tag; the tag excluded) of log p(token | prefix), by hand from the full logits
+    (math.log / math.exp per row)."""
+    out = []
+    for b, u in enumerate(units):
+        for s, e in u.step_spans:
+            vals = []
+            for t in range(s, e):
+                row = [float(x) for x in logits[b, t - 1]]
+                m = max(row)
+                lse = m + math.log(sum(math.exp(x - m) for x in row))
+                vals.append(row[int(ids[b, t])] - lse)
+            out.append(min(vals) if vals else 0.0)
+    return out
+
+
+def test_likelihood_readout_golden(tok, one_layer):
+    batch, units = _batch(tok)
+    # step spans exclude the tag: "4*2=8" is 5 characters, the "\n" after it is its tag
+    assert [e - s for s, e in units[0].step_spans] == [5, 6, 10]
+    assert [e - s for s, e in units[1].step_spans] == [5, 9]
+    obj = PRMObjective(readout="likelihood")
+    obj.resolve_tokens(tok)
+    assert [y for u in units for y in u.tag_labels] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    with torch.no_grad():
+        logits = one_layer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        x = _hand_min_logprob(logits, batch["input_ids"], units)
+        # only the steps up to each solution's first bad one enter: the 5th step (bad only
+        # because the 4th is) is left out
+        want = -(x[0] + x[1] + x[2] + math.log(1 - math.exp(x[3]))) / 4
+        loss, m = obj.loss(one_layer, batch)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert m["tags"] == 4 and m["p_good"] == pytest.approx(sum(math.exp(v) for v in x[:4]) / 4, rel=1e-5)
+    # score_steps reads the same quantity
+    sols = [(r_prompt, list(r_steps)) for r_prompt, r_steps in
+            [("3+4*2=\n", ("4*2=8", "3+8=11", "Answer: 11")), ("9-5=\n", ("9-5=5", "Answer: 5"))]]
+    got = score_steps(one_layer, tok, sols, good_token_id=obj.good_token_id,
+                      bad_token_id=obj.bad_token_id, readout="likelihood", batch_size=1)
+    assert [v for s in got for v in s] == pytest.approx([math.exp(v) for v in x], rel=1e-5)
+    # a good label raises the weakest token's probability, a bad one lowers it
+    m2 = make_tiny_llama("micro", tokenizer=tok, seed=3, num_hidden_layers=1)
+    opt = torch.optim.SGD(m2.parameters(), lr=0.02)
+    for y, sign in ((1.0, 1), (0.0, -1)):
+        m2.load_state_dict(one_layer.state_dict())
+        for b, u in enumerate(units):
+            batch["step_labels"][b, u.tag_positions] = y
+        with torch.no_grad():
+            before = obj.loss(m2, batch)[1]["p_good"]
+        for _ in range(3):
+            opt.zero_grad()
+            obj.loss(m2, batch)[0].backward()
+            opt.step()
+        with torch.no_grad():
+            after = obj.loss(m2, batch)[1]["p_good"]
+        assert sign * (after - before) > 0, (y, before, after)
+
+
+def test_log1mexp_hand_values():
+    from lrm_engine.objectives.prm import log1mexp
+
+    x = torch.tensor([-3.0, -0.5, -1e-3, -20.0, 0.0])
+    want = [math.log(1 - math.exp(-3.0)), math.log(1 - math.exp(-0.5)), math.log(1 - math.exp(-1e-3)),
+            math.log(1 - math.exp(-20.0)), math.log(1 - math.exp(-1e-6))]
+    assert log1mexp(x).tolist() == pytest.approx(want, rel=1e-4)

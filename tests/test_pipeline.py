@@ -13,6 +13,7 @@ import pytest
 TOY = [
     "pipeline.policy_size=micro", "pipeline.sft_steps=6", "pipeline.sft_examples=64",
     "pipeline.annotate_problems=4", "pipeline.annotate_rollouts=2", "pipeline.prm_steps=4",
+    "pipeline.prm_warmup_steps=3",
     "pipeline.prm_eval_problems=8", "pipeline.eval_problems=3", "pipeline.sweep_n=[1,2]",
     "pipeline.max_steps=4", "pipeline.max_step_tokens=12", "pipeline.run_name=toy",
 ]
@@ -49,6 +50,16 @@ def test_lrm_run_toy_pipeline(tmp_path):
     assert "| search | n | accuracy |" in report
     # The PRM line carries the step-position baseline the PRM has to beat.
     assert re.search(r"step position alone: 0\.\d+", report), report
+    # ... and the PRM's own skill as a policy, next to what it buys as a verifier.
+    assert re.search(r"PRM's model used as the policy \(greedy\): \d+\.\d%", report), report
+    prm_done = json.loads(next(run.glob("prm-*/done.json")).read_text())
+    assert 0.0 <= prm_done["greedy_as_policy"] <= 1.0
+    warm = json.loads(next(run.glob("warmup-*/done.json")).read_text())
+    assert warm["steps"] == 3 and warm["model_dir"].endswith("model")
+    ann = json.loads(next(run.glob("annotate-*/done.json")).read_text())
+    assert ann["completer"] == "warmup" and ann["completer_tokens"]["policy_tokens_computed"] > 0
+    prm_cfg = json.loads((run.glob("prm-*/model/prm_config.json").__next__()).read_text())
+    assert prm_cfg["readout"] == "likelihood"
     # The embedded defaults are installed for policy.path=null / reward.path=null.
     assert (tmp_path / "cache" / "default" / "policy" / "config.json").is_file()
     assert (tmp_path / "cache" / "default" / "prm" / "config.json").is_file()
@@ -58,7 +69,7 @@ def test_lrm_run_toy_pipeline(tmp_path):
     # Second run: every stage cached.
     r2 = lrm(tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    for stage in ("sft", "annotate", "prm", "sweep", "report"):
+    for stage in ("sft", "warmup", "annotate", "prm", "sweep", "report"):
         assert f"[lrm run] {stage}: cached" in r2.stderr
 
     # stage=sweep reruns that stage and the report that reads it; the stages before stay cached.
@@ -72,5 +83,9 @@ def test_lrm_run_toy_pipeline(tmp_path):
 def test_unknown_stage_is_a_clear_error(tmp_path):
     r = lrm(tmp_path, "stage=bogus")
     assert r.returncode != 0
-    assert "stage='bogus' is not a stage" in r.stderr and "sweep" in r.stderr
+    assert "stage='bogus' is not a stage" in r.stderr and "sweep" in r.stderr and "warmup" in r.stderr
     assert "Traceback" not in r.stderr
+    r = lrm(tmp_path, "pipeline.prm_readout=logits")
+    assert r.returncode != 0 and "pipeline.prm_readout='logits' is not one of tag, likelihood" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("done.json"))  # refused before any stage ran

@@ -213,3 +213,41 @@ def test_null_path_is_lazy_with_a_clear_error(tmp_path, monkeypatch):
     assert not r.loaded
     with pytest.raises(ModelLoadError, match="lrm run"):
         r.score(None, torch.zeros(1, 2, dtype=torch.long), None)
+
+
+def full_min_token_prob(model, runs, tag_len):
+    """From scratch, full vocabulary: per step, the smallest p(token | prefix) over the step's
+    tokens before its trailing tag, its first included (1.0 when there is none)."""
+    ids = [x for r in runs for x in r]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor(ids)[None]).logits[0].double(), -1)
+    out, start = [], len(runs[0])
+    for r in runs[1:]:
+        stop = start + len(r) - tag_len
+        vals = [float(logp[t - 1, ids[t]]) for t in range(start, stop)]
+        out.append(min(vals) if vals else 0.0)
+        start += len(r)
+    return torch.tensor(out).exp()
+
+
+@pytest.mark.parametrize("step_tag", [None, " "])
+def test_likelihood_readout_equals_full_forward(dirs, step_tag):
+    pmodel, ptok = load_causal_lm(dirs["policy"])
+    rmodel, rtok = load_causal_lm(dirs["prm"])
+    pol = HFPolicy(pmodel, ptok, step=STEP, max_step_tokens=5)
+    prm = TokenPRM(rmodel, rtok, readout="likelihood", step_tag=step_tag, kv_budget_mb=0.002)
+    tree, (s,) = grow(pol, [prm], depth=3)
+    assert len(s) >= 9
+    tag_len = 1  # "\n" (the delimiter, part of delimiter-ended steps) or " " (appended)
+    worst, below_one = 0.0, 0
+    for (b, n), v in s.items():
+        runs = [t.tolist() for t in prm.path_segments(tree, b, n, pol)]
+        ref = full_min_token_prob(rmodel, runs, tag_len)
+        worst = max(worst, abs(float(ref[-1]) - v))
+        below_one += v < 0.999
+        full = prm.score_full([prm.path_segments(tree, b, n, pol)])[0]
+        assert torch.allclose(full.double(), ref.double(), atol=1e-5)
+    assert worst < 1e-5, worst
+    assert below_one >= len(s) // 2  # a random PRM doubts most steps: the read-out is not constant
+    with pytest.raises(ValueError, match="readout must be one of"):
+        TokenPRM(rmodel, rtok, readout="logits")

@@ -35,6 +35,21 @@ models whose output head is a plain linear layer (Llama, Qwen2, Mistral, the tin
 ``full_logits=True`` takes the two columns of the model's full logits instead (for heads with
 scaling or soft-capping).
 
+Read-out (``readout``). ``"tag"`` is the above. ``"likelihood"`` trains the same cross-entropy
+on a generative step score instead of the two tag rows: the PRM's own probability of the step's
+least likely token,
+
+    p_good = min_{t in step} p_theta(x_t | x_<t),   p_bad = 1 - p_good
+
+(the tag is left out; the step's first token is predicted at the previous tag, so a step
+started wrongly — e.g. an answer line too early — is judged too). This score judges the step
+itself, not the prefix: the prefix score is the running minimum over the steps (what min-
+aggregated search ranks by). So only the steps up to each solution's first bad-labelled step
+(``label < hard_threshold``) enter the loss: the later ones are bad because of that step (prefix
+labels), and teaching the model that their correct arithmetic is unlikely would unteach it. A good-labelled step raises the probability of its weakest token
+(language-model training on what the labels call good), a bad-labelled one lowers it; the
+``prm_token`` reward with ``readout=likelihood`` reads the same quantity at search time.
+
 Metrics: ``loss``, ``step_acc`` (``p_good >= 0.5`` agrees with ``label >= hard_threshold``),
 ``p_good`` (mean), ``good_frac`` (share of tags labelled good), ``tags`` (``|S|``).
 """
@@ -47,6 +62,7 @@ import torch.nn.functional as F
 from .base import ObjectiveBase
 
 LABEL_MODES = ("hard", "soft")
+READOUTS = ("tag", "likelihood")
 
 
 class PRMObjective(ObjectiveBase):
@@ -58,7 +74,11 @@ class PRMObjective(ObjectiveBase):
 
     def __init__(self, good_token: str = "+", bad_token: str = "-", label_mode: str = "hard",
                  hard_threshold: float = 0.5, full_logits: bool = False,
-                 good_token_id: int | None = None, bad_token_id: int | None = None):
+                 good_token_id: int | None = None, bad_token_id: int | None = None,
+                 readout: str = "tag"):
+        if readout not in READOUTS:
+            raise ValueError(f"prm: readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = readout
         if label_mode not in LABEL_MODES:
             raise ValueError(f"prm: label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
         if not 0.0 < hard_threshold <= 1.0:
@@ -99,8 +119,15 @@ class PRMObjective(ObjectiveBase):
                           self.token_ids, full_logits=self.full_logits)
 
     def loss(self, model, batch):
-        z = self.tag_logits(model, batch)
         y = batch["step_labels"][batch["tag_mask"]].float()
+        if self.readout == "likelihood":
+            x = step_min_logprob(model, batch["input_ids"], batch.get("attention_mask"),
+                                 batch["step_of_token"], int(batch["tag_mask"].sum()))
+            keep = up_to_first_bad(batch["tag_mask"], batch["step_labels"], self.hard_threshold)
+            z = torch.stack([x, log1mexp(x)], dim=-1)[keep]
+            y = y[keep]
+        else:
+            z = self.tag_logits(model, batch)
         return prm_loss(z, y, self.label_mode, self.hard_threshold)
 
     def loss_weight(self, batch) -> float:
@@ -132,6 +159,38 @@ def tag_logits(model, input_ids, attention_mask, tag_mask, token_ids, *,
         # keep the graph connected to the parameters: a zero gradient, not None
         z = z + 0.0 * hidden.sum()
     return z
+
+
+def up_to_first_bad(tag_mask: torch.Tensor, step_labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[|S|]`` bool over the tags (row-major): True for the tags of a row up to and including
+    its first tag labelled below ``threshold``."""
+    bad = tag_mask & (step_labels < threshold)
+    seen = bad.long().cumsum(dim=1)
+    keep = tag_mask & ((seen == 0) | (bad & (seen == 1)))
+    return keep[tag_mask]
+
+
+def step_min_logprob(model, input_ids, attention_mask, step_of_token, num_steps: int) -> torch.Tensor:
+    """``[num_steps]`` float32: per step, ``min log p(x_t | x_<t)`` over the tokens ``t`` with
+    ``step_of_token[b, t] == k`` (the likelihood read-out; 0 for a step with no such token)."""
+    kw = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    logits = model(**kw).logits[:, :-1].float()  # position t-1 predicts token t
+    lp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]  # [B, T-1]
+    own = step_of_token[:, 1:].to(lp.device)
+    m = own >= 0
+    out = torch.zeros(num_steps, dtype=lp.dtype, device=lp.device)
+    out = out.scatter_reduce(0, own[m], lp[m], reduce="amin", include_self=False)
+    if num_steps and not bool(m.any()):
+        out = out + 0.0 * lp.sum()  # keep the graph connected: a zero gradient, not None
+    return out
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, stable (x is clamped to at most -1e-6)."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def prm_loss(z: torch.Tensor, labels: torch.Tensor, label_mode: str = "hard",

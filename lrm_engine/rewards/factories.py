@@ -32,8 +32,9 @@ def _lazy_or_now(path, build, what: str):
 def make_prm_token(path: str | None = None, gguf_file: str | None = None, dtype: str = "float32",
                    kv_budget_mb: float = 256.0, good_token: str | None = None,
                    bad_token: str | None = None, step_tag: str | None = None,
-                   trust_remote_code: bool = False, device: str = "cpu", backend: str = "auto"):
-    """``prm_token``: Math-Shepherd token-logit PRM over a local causal LM."""
+                   trust_remote_code: bool = False, device: str = "cpu", backend: str = "auto",
+                   readout: str | None = None):
+    """``prm_token``: token-logit PRM over a local causal LM (tag or likelihood read-out)."""
 
     def build(p: str):
         from lrm_engine.models.loading import load_causal_lm
@@ -45,7 +46,7 @@ def make_prm_token(path: str | None = None, gguf_file: str | None = None, dtype:
         return TokenPRM(model, tok, good_token=good_token or d["good_token"],
                         bad_token=bad_token or d["bad_token"],
                         step_tag=step_tag if step_tag is not None else d["step_tag"],
-                        kv_budget_mb=kv_budget_mb, backend=backend)
+                        readout=readout or d["readout"], kv_budget_mb=kv_budget_mb, backend=backend)
 
     return _lazy_or_now(path, build, "prm_token reward")
 

@@ -65,12 +65,17 @@ class _TreeState:
     tokens: dict = field(default_factory=dict)
     # (b, n) whose segment was computed at least once (a second time counts as recomputed).
     seen: set = field(default_factory=set)
+    # (b, n) -> hidden state [d] at the segment's last token (read-outs that score a child's
+    # first token need it; kept only when the reward asks, see IncrementalPRM.keeps_last_hidden).
+    last_hidden: dict = field(default_factory=dict)
 
 
 class IncrementalPRM(ABC):
     """Base of the incremental reward models (``prm_token``, ``prm_head``, ``value_head``)."""
 
     name = "prm"
+    # Keep each segment's last hidden state (for read-outs that score a step's first token).
+    keeps_last_hidden = False
 
     def __init__(
         self,
@@ -112,6 +117,16 @@ class IncrementalPRM(ABC):
     @abstractmethod
     def _head(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Scores [P] float32 in [0, 1] from hidden [T, d] at positions [P]."""
+
+    def _span_scores(self, hidden: torch.Tensor, ids: torch.Tensor,
+                     spans: Sequence[tuple[int, int]], before: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [len(spans)] of steps whose segment tokens are ``ids[s:e]`` with hidden states
+        ``hidden[s:e]`` (hidden [T, d], ids [T] int64); ``before [len(spans), d]`` (when the
+        reward keeps them) holds the hidden state of the token just before each span, else
+        ``hidden[s - 1]`` is that token's. Default: the head at each span's last token (the step
+        tag); a reward that reads more of the step overrides this."""
+        positions = torch.tensor([e - 1 for _, e in spans], dtype=torch.long, device=hidden.device)
+        return self._head(hidden, positions)
 
     # ------------------------------------------------------------ trees
     def _state(self, tree, policy) -> _TreeState:
@@ -221,16 +236,20 @@ class IncrementalPRM(ABC):
             pre = [self.store.get(k) for k in keys[: j + 1]]
             toks = [self._segment_tokens(st, tree, b, x, policy) for x in path[j + 1 :]]
             items.append((pre, torch.cat(toks), [int(t.numel()) for t in toks]))
-        _, segs = self.runner.encode(items)
+        hidden, segs = self.runner.encode(items)
         self.counters.forward_calls += 1
-        for (b, path, keys, j), (_, toks, splits), ss in zip(redo, items, segs):
+        for r, ((b, path, keys, j), (_, toks, splits), ss) in enumerate(zip(redo, items, segs)):
             self.counters.tokens_computed += int(toks.numel())
+            end = 0
             for x, key, seg, n in zip(path[j + 1 :], keys[j + 1 :], ss, splits):
+                end += n
                 if (b, x) in st.seen:
                     self.counters.tokens_recomputed += n
                 st.seen.add((b, x))
                 self.store.put(key, seg, pin=True)
                 pinned.append(key)
+                if self.keeps_last_hidden:
+                    st.last_hidden[(b, x)] = hidden[r, end - 1].detach().clone()
 
     def _score_rows(self, st, tree, policy, rows, ppaths) -> torch.Tensor:
         """One forward over all rows (node step tokens on the parent's prefix); store segments."""
@@ -248,15 +267,27 @@ class IncrementalPRM(ABC):
         self.counters.forward_calls += 1
         self.counters.tokens_computed += sum(lens)
         R, smax, d = hidden.shape
-        positions = torch.tensor([r * smax + L - 1 for r, L in enumerate(lens)], dtype=torch.long,
-                                 device=hidden.device)
-        scores = self._head(hidden.reshape(R * smax, d), positions).float().cpu()
-        for (b, n), ss in zip(rows, segs):
+        ids = torch.zeros(R * smax, dtype=torch.long)
+        for r, (_, t, _) in enumerate(items):
+            ids[r * smax : r * smax + int(t.numel())] = t
+        spans = [(r * smax, r * smax + L) for r, L in enumerate(lens)]
+        before = None
+        if self.keeps_last_hidden:
+            missing = [(b, int(tree.parent[b, n])) for b, n in rows
+                       if (b, int(tree.parent[b, n])) not in st.last_hidden]
+            if missing:  # pragma: no cover — every computed segment keeps it
+                raise RewardError(f"no kept hidden state for the parents {missing[:3]}")
+            before = torch.stack([st.last_hidden[(b, int(tree.parent[b, n]))] for b, n in rows])
+        scores = self._span_scores(hidden.reshape(R * smax, d), ids.to(hidden.device), spans,
+                                   before).float().cpu()
+        for r, ((b, n), ss) in enumerate(zip(rows, segs)):
             if (b, n) in st.seen:
                 self.counters.tokens_recomputed += ss[0].length
             st.seen.add((b, n))
             if not bool(tree.terminal[b, n]):
                 self.store.put((st.key, b, n), ss[0])
+                if self.keeps_last_hidden:
+                    st.last_hidden[(b, n)] = hidden[r, lens[r] - 1].detach().clone()
         return scores
 
     # ------------------------------------------------------------ reference (tests, baselines)
@@ -277,6 +308,6 @@ class IncrementalPRM(ABC):
             with torch.inference_mode():
                 h = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
             ends = list(itertools.accumulate(int(s.numel()) for s in segs))
-            pos = torch.tensor([e - 1 for e in ends[1:]], dtype=torch.long, device=h.device)
-            out.append(self._head(h, pos).float().cpu())
+            spans = list(zip(ends[:-1], ends[1:]))
+            out.append(self._span_scores(h, ids[0], spans).float().cpu())
         return out

@@ -1,8 +1,18 @@
 """``prm_token``: the token-logit PRM (Math-Shepherd style).
 
-At each step's last token — the step tag when the model uses one, else the step's own last token
-(the delimiter) — the score is P(good) under the softmax over the good and bad tokens' logits
-only: the fused PRM head op on the C = 2 rows of the LM head, never full-vocabulary logits.
+Two read-outs of the same causal LM (``readout``):
+
+- ``"tag"`` (Math-Shepherd): at each step's last token — the step tag when the model uses one,
+  else the step's own last token (the delimiter) — the score is P(good) under the softmax over
+  the good and bad tokens' logits only: the fused PRM head op on the C = 2 rows of the LM head,
+  never full-vocabulary logits.
+- ``"likelihood"`` (a generative PRM): the score is the PRM's own probability of the step's
+  least likely token, ``min_t p(x_t | prefix, x_<t)`` over the step's tokens before the step
+  tag. The first token is predicted at the parent's last position, whose hidden state the
+  incremental PRM keeps per node (``keeps_last_hidden``): so a premature answer line or a
+  wrongly started step is judged too. A step the PRM would not have written scores low. The
+  ``prm`` objective trains this read-out with the same cross-entropy against the step labels
+  (its ``readout="likelihood"``).
 
 Defaults (``good_token="+"``, ``bad_token="-"``, ``step_tag=None``) follow the ``prm`` objective
 convention: see :func:`prm_token_defaults` (read from ``lrm_engine.objectives.prm`` when that
@@ -20,6 +30,8 @@ from lrm_engine.rewards.incremental import IncrementalPRM
 GOOD_TOKEN = "+"
 BAD_TOKEN = "-"
 STEP_TAG = None
+# The read-outs of a token PRM (see the module docstring).
+READOUTS = ("tag", "likelihood")
 
 
 def prm_token_defaults(model_dir=None) -> dict:
@@ -33,7 +45,7 @@ def prm_token_defaults(model_dir=None) -> dict:
     import json
     from pathlib import Path
 
-    out = {"good_token": GOOD_TOKEN, "bad_token": BAD_TOKEN, "step_tag": STEP_TAG}
+    out = {"good_token": GOOD_TOKEN, "bad_token": BAD_TOKEN, "step_tag": STEP_TAG, "readout": "tag"}
     try:
         from lrm_engine.objectives.prm import PRMObjective
 
@@ -47,7 +59,7 @@ def prm_token_defaults(model_dir=None) -> dict:
         f = Path(str(model_dir)) / "prm_config.json"
         if f.is_file():
             doc = json.loads(f.read_text())
-            for key in ("good_token", "bad_token", "step_tag"):
+            for key in ("good_token", "bad_token", "step_tag", "readout"):
                 if isinstance(doc.get(key), str):
                     out[key] = doc[key]
     return out
@@ -61,13 +73,18 @@ def single_token_id(tokenizer, text: str, what: str) -> int:
 
 
 class TokenPRM(IncrementalPRM):
-    """Math-Shepherd token-logit PRM over a causal LM: score = P(good | {good, bad})."""
+    """Token-logit PRM over a causal LM: score = P(good | {good, bad}) at the step tag
+    (``readout="tag"``), or the step's least likely token's probability (``"likelihood"``)."""
 
     name = "prm_token"
 
     def __init__(self, model, tokenizer, *, good_token: str = GOOD_TOKEN, bad_token: str = BAD_TOKEN,
-                 step_tag: str | None = STEP_TAG, **kw):
+                 step_tag: str | None = STEP_TAG, readout: str = "tag", **kw):
+        if readout not in READOUTS:
+            raise ValueError(f"prm_token: readout must be one of {READOUTS}, got {readout!r}")
         super().__init__(model, tokenizer, step_tag=step_tag, **kw)
+        self.readout = readout
+        self.keeps_last_hidden = readout == "likelihood"
         self.good_token_id = single_token_id(tokenizer, good_token, "good_token")
         self.bad_token_id = single_token_id(tokenizer, bad_token, "bad_token")
         if self.good_token_id == self.bad_token_id:
@@ -81,3 +98,45 @@ class TokenPRM(IncrementalPRM):
 
     def _head(self, hidden, positions):
         return head_probs(hidden, positions, self.rows, self.bias, self.backend)[:, 0]
+
+    def _span_scores(self, hidden, ids, spans, before=None):
+        if self.readout == "tag":
+            return super()._span_scores(hidden, ids, spans, before)
+        head = self.model.get_output_embeddings()
+        return min_token_prob(hidden, ids, spans, head.weight, getattr(head, "bias", None),
+                              self.tag_ids or [], before)
+
+
+def min_token_prob(hidden: torch.Tensor, ids: torch.Tensor, spans, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None, tag_ids=(), before: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The likelihood read-out: per span ``(s, e)`` of ``ids [T]`` (hidden ``[T, d]``), the
+    smallest ``p(ids[t] | h_{t-1})`` for ``t`` in ``s .. e'-1``, where ``e'`` drops a trailing
+    ``tag_ids`` and ``h_{s-1}`` is ``before[k]`` (``[len(spans), d]``) when given, else
+    ``hidden[s - 1]``. A span with no such token scores 1. Returns ``[len(spans)]`` float32.
+    """
+    tag = list(tag_ids)
+    T = hidden.shape[0]
+    pos, tgt, own = [], [], []
+    for k, (s, e) in enumerate(spans):
+        stop = e
+        if tag and e - s > len(tag) and ids[e - len(tag) : e].tolist() == tag:
+            stop = e - len(tag)
+        if stop <= s:
+            continue
+        # the token at s is predicted by the one before the span, the rest inside it
+        pos.append(torch.tensor([T + k if before is not None else s - 1]))
+        pos.append(torch.arange(s, stop - 1))
+        tgt.append(torch.arange(s, stop))
+        own.append(torch.full((stop - s,), k, dtype=torch.long))
+    low = torch.zeros(len(spans), dtype=torch.float32)
+    if pos:
+        h = hidden if before is None else torch.cat([hidden, before.to(hidden.dtype)])
+        p = torch.cat(pos).to(hidden.device)
+        logits = h.index_select(0, p).float() @ weight.float().t()
+        if bias is not None:
+            logits = logits + bias.float()
+        t = ids.index_select(0, torch.cat(tgt).to(ids.device))
+        lp = torch.log_softmax(logits, -1).gather(1, t[:, None])[:, 0]
+        low = low.scatter_reduce(0, torch.cat(own), lp.float().cpu(), reduce="amin", include_self=True)
+    return low.exp()

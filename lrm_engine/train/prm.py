@@ -13,7 +13,8 @@ and saves ``<run_dir>/model``: a Hugging Face model folder plus ``prm_config.jso
 Evaluation (:func:`evaluate_prm_on_task`): the PRM scores every step of solutions to *held-out*
 problems (the task's test split; gold solutions and solutions with one injected wrong step
 carried through) and the scores are compared with the task's exact prefix labels: step-level
-AUROC (the issue's metric), step accuracy at 0.5, the AUROC on the steps up to each first
+AUROC (the issue's metric; of the prefix score, the running minimum of the step scores that
+min-aggregated search ranks by, and of the raw step scores), step accuracy at 0.5, the AUROC on the steps up to each first
 error (does the PRM catch the wrong step itself), the AUROC that step position alone reaches
 (prefix labels fall with depth: a PRM must beat it to be judging steps; see
 :func:`prm_step_metrics`) and the solution-level AUROC of the min-step score against
@@ -74,8 +75,11 @@ def write_prm_config(model_dir: str | Path, objective, tokenizer, step_tag: str)
         "good_token": objective.good_token, "bad_token": objective.bad_token,
         "good_token_id": objective.good_token_id, "bad_token_id": objective.bad_token_id,
         "step_tag": step_tag, "step_tag_ids": tag_token_ids(tokenizer, step_tag),
-        "score": "p_good = softmax([z_good, z_bad])[0] of the LM head at the last token of the "
-                 "step tag after each step; sequence = <bos> prompt (step step_tag)*",
+        "readout": getattr(objective, "readout", "tag"),
+        "score": ("p_good = softmax([z_good, z_bad])[0] of the LM head at the last token of the "
+                  "step tag after each step" if getattr(objective, "readout", "tag") == "tag" else
+                  "p_good = min over the step's tokens (the tag excluded) of p(token | prefix)")
+        + "; sequence = <bos> prompt (step step_tag)*",
     }
     (Path(model_dir) / PRM_CONFIG_FILE).write_text(json.dumps(doc, indent=1))
     return doc
@@ -103,13 +107,14 @@ def load_prm_token(model_dir: str | Path, device: str = "cpu"):
 @torch.no_grad()
 def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]], *,
                 good_token_id: int, bad_token_id: int, step_tag: str = "\n",
-                max_length: int = 512, batch_size: int = 64) -> list[list[float]]:
-    """P(good) of every step of every ``(prompt, steps)`` solution, with a full forward pass.
+                max_length: int = 512, batch_size: int = 64, readout: str = "tag") -> list[list[float]]:
+    """P(good) of every step of every ``(prompt, steps)`` solution, with a full forward pass
+    (``readout``: "tag" or "likelihood", see :mod:`lrm_engine.objectives.prm`).
 
     Returns one list per solution, one score per step (steps cut by ``max_length`` get nan).
     The sequence layout is the training one (:func:`~lrm_engine.train.prm_data.tokenize_prm`).
     """
-    from ..objectives.prm import tag_logits
+    from ..objectives.prm import step_min_logprob, tag_logits
 
     was_training = model.training
     model.eval()
@@ -126,9 +131,14 @@ def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]]
     for s in range(0, len(units), batch_size):
         chunk = units[s:s + batch_size]
         batch = collate_prm(chunk, pad)
-        z = tag_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                       batch["tag_mask"].to(device), [good_token_id, bad_token_id])
-        p = torch.softmax(z, dim=-1)[:, 0].cpu().tolist()
+        if readout == "likelihood":
+            x = step_min_logprob(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                 batch["step_of_token"].to(device), batch["num_tags"])
+            p = x.exp().cpu().tolist()
+        else:
+            z = tag_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                           batch["tag_mask"].to(device), [good_token_id, bad_token_id])
+            p = torch.softmax(z, dim=-1)[:, 0].cpu().tolist()
         k = 0
         for u in chunk:  # tag_mask is read row-major: units in order, tags in order
             for j in range(len(u.tag_positions)):
@@ -141,7 +151,7 @@ def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]]
 
 def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_token_id: int,
                          config: PRMEvalConfig | Mapping[str, Any] | None = None,
-                         max_length: int = 512) -> dict[str, Any]:
+                         max_length: int = 512, readout: str = "tag") -> dict[str, Any]:
     """Step-level AUROC (and friends) of a ``prm_token`` PRM on held-out problems of a task.
 
     Needs a task with exact step labels and a noise injector (``noisy_solutions``,
@@ -154,7 +164,7 @@ def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_toke
     pairs = [(task.prompt(s.example.problem), list(s.steps)) for s in sols]
     scores = score_steps(model, tokenizer, pairs, good_token_id=good_token_id,
                          bad_token_id=bad_token_id, step_tag=task.step.delimiter,
-                         max_length=max_length, batch_size=cfg.batch_size)
+                         max_length=max_length, batch_size=cfg.batch_size, readout=readout)
     labels = [task.prefix_labels(s.example, s.steps) for s in sols]
     sol_min, sol_ok = [], []
     for s, sc in zip(sols, scores):
@@ -179,7 +189,11 @@ def prm_step_metrics(scores: Sequence[Sequence[float]], labels: Sequence[Sequenc
     """Step-level metrics of PRM ``scores`` against exact prefix ``labels`` (one list per
     solution; nan scores — steps cut by the length limit — are left out).
 
-    - ``step_auroc``: AUROC over every step (the headline metric).
+    - ``step_auroc``: AUROC over every step of the *prefix score* — the running minimum of the
+      step scores up to the step, which is what a search with ``aggregation=min`` ranks a
+      partial path by — against the prefix label (the headline metric). A PRM that judges
+      each step on its own (the likelihood read-out) carries an earlier error forward this way.
+    - ``step_auroc_raw``: AUROC of each step's own score.
     - ``step_accuracy``: ``score >= 0.5`` agrees with the label.
     - ``error_step_auroc``: AUROC over the steps up to and including each solution's first wrong
       step (``error_steps[i]``, -1: none, all steps kept): does the PRM catch the wrong step
@@ -188,11 +202,14 @@ def prm_step_metrics(scores: Sequence[Sequence[float]], labels: Sequence[Sequenc
       Prefix labels fall with depth, so a PRM that learned only "later steps are worse" reaches
       this figure without judging any step; a PRM that checks steps must beat it.
     """
-    flat_s, flat_y, pos, loc_s, loc_y = [], [], [], [], []
+    flat_s, flat_y, pos, loc_s, loc_y, run_s = [], [], [], [], [], []
     for sc, lab, err in zip(scores, labels, error_steps):
+        run = math.inf
         for i, (v, y) in enumerate(zip(sc, lab)):
             if math.isnan(v):
                 continue
+            run = min(run, v)
+            run_s.append(run)
             flat_s.append(v)
             flat_y.append(bool(y))
             pos.append(-float(i))
@@ -200,7 +217,8 @@ def prm_step_metrics(scores: Sequence[Sequence[float]], labels: Sequence[Sequenc
                 loc_s.append(v)
                 loc_y.append(bool(y))
     return {
-        "step_auroc": _round(auroc(flat_s, flat_y)),
+        "step_auroc": _round(auroc(run_s, flat_y)),
+        "step_auroc_raw": _round(auroc(flat_s, flat_y)),
         "step_accuracy": _round(binary_accuracy(flat_s, flat_y)),
         "error_step_auroc": _round(auroc(loc_s, loc_y)),
         "position_baseline_auroc": _round(auroc(pos, flat_y)),
@@ -272,7 +290,8 @@ def train_prm(
         "num_steps": dataset.num_steps, "num_good_steps": dataset.num_good,
         "dataset_tokens": dataset.num_tokens, "step_tag": step_tag,
         "good_token": objective.good_token, "bad_token": objective.bad_token,
-        "label_mode": objective.label_mode, "data_info": dict(data_info or {}),
+        "label_mode": objective.label_mode, "readout": getattr(objective, "readout", "tag"),
+        "data_info": dict(data_info or {}),
     }, indent=1, default=str))
 
     trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer, callbacks=callbacks)
@@ -289,7 +308,8 @@ def train_prm(
         ev = evaluate_prm_on_task(model, tokenizer, task, good_token_id=objective.good_token_id,
                                   bad_token_id=objective.bad_token_id,
                                   config=None if evaluate in (None, True) else evaluate,
-                                  max_length=max(512, data_cfg.max_length))
+                                  max_length=max(512, data_cfg.max_length),
+                                  readout=getattr(objective, "readout", "tag"))
         ev["model_dir"] = str(out)
         ev["steps_trained"] = result.steps
         (run_dir / "eval.json").write_text(json.dumps(ev, indent=1))

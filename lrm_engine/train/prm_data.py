@@ -171,6 +171,8 @@ class PRMUnit:
     tag_labels: list[float]
     # Index of the record in the dataset's record list.
     index: int = -1
+    # Per kept step, [start, end) of its own tokens (the tag after it excluded).
+    step_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def tag_token_ids(tokenizer, step_tag: str) -> list[int]:
@@ -195,17 +197,21 @@ def tokenize_prm(tokenizer, prompt: str, steps: Sequence[str], labels: Sequence[
     if tokenizer.bos_token_id is not None:
         ids.append(tokenizer.bos_token_id)
     ids += tokenizer.encode(prompt, add_special_tokens=False)
-    pos, labs = [], []
+    pos, labs, spans = [], [], []
     for i, step in enumerate(steps):
-        ids += tokenizer.encode(step, add_special_tokens=False) + tag
+        start = len(ids)
+        ids += tokenizer.encode(step, add_special_tokens=False)
+        end = len(ids)
+        ids += tag
         p = len(ids) - 1
         if p >= max_length:
             break
         pos.append(p)
+        spans.append((start, end))
         labs.append(float(labels[i]) if labels is not None else 0.0)
     if not pos:
         return None
-    return PRMUnit(ids[:max_length], pos, labs, index)
+    return PRMUnit(ids[:max_length], pos, labs, index, spans)
 
 
 class PRMDataset:
@@ -251,13 +257,17 @@ class PRMDataset:
 def collate_prm(units: Sequence[PRMUnit], pad_token_id: int) -> dict[str, Any]:
     """Right-padded batch: ``input_ids [B, T]``, ``attention_mask [B, T]``, ``tag_mask [B, T]``
     (bool, True at step-tag positions), ``step_labels [B, T]`` (float, the label at tag
-    positions, 0 elsewhere — never read there) and ``num_tags``."""
+    positions, 0 elsewhere — never read there), ``step_of_token [B, T]`` (int64: for each token
+    of a step, the tag excluded, the row-major index of that step's tag in the batch; -1
+    elsewhere — what the likelihood read-out takes its minimum over) and ``num_tags``."""
     T = max(len(u.input_ids) for u in units)
     B = len(units)
     ids = torch.full((B, T), pad_token_id, dtype=torch.long)
     am = torch.zeros((B, T), dtype=torch.long)
     tag = torch.zeros((B, T), dtype=torch.bool)
     lab = torch.zeros((B, T), dtype=torch.float32)
+    owner = torch.full((B, T), -1, dtype=torch.long)
+    k = 0
     for b, u in enumerate(units):
         n = len(u.input_ids)
         ids[b, :n] = torch.tensor(u.input_ids)
@@ -265,8 +275,11 @@ def collate_prm(units: Sequence[PRMUnit], pad_token_id: int) -> dict[str, Any]:
         p = torch.tensor(u.tag_positions, dtype=torch.long)
         tag[b, p] = True
         lab[b, p] = torch.tensor(u.tag_labels, dtype=torch.float32)
+        for s, e in u.step_spans[: len(u.tag_positions)]:
+            owner[b, s:e] = k
+            k += 1
     return {"input_ids": ids, "attention_mask": am, "tag_mask": tag, "step_labels": lab,
-            "num_tags": int(tag.sum())}
+            "step_of_token": owner, "num_tags": int(tag.sum())}
 
 
 class PRMBatchSource(DatasetBatchSource):

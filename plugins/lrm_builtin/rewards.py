@@ -48,6 +48,9 @@ class PRMTokenSchema(_PRMCommon):
     good_token: Optional[str] = None
     # The competing "bad step" token; null = prm_config.json's, else the prm objective's ("-").
     bad_token: Optional[str] = None
+    # "tag": P(good) vs P(bad) at the step tag (Math-Shepherd); "likelihood": the PRM's own
+    # probability of the step's least likely token; null = prm_config.json's, else "tag".
+    readout: Optional[str] = None
 
 
 @dataclass

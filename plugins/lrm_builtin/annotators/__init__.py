@@ -19,6 +19,12 @@ class MCRolloutConfig:
     temperature: float = 1.0
     # Sampling seed.
     seed: int = 0
+    # Also write each distinct rollout that reached the correct answer as an all-good record
+    # (Math-Shepherd's hard estimate of its steps; id <problem id>#r<k>).
+    emit_rollouts: bool = False
+    # Local model folder of a separate completer that draws the N completions (Math-Shepherd's
+    # setup; same tokenizer and step convention as the policy); null = the policy itself.
+    completer: Optional[str] = None
 
 
 @dataclass

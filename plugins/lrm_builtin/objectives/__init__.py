@@ -149,6 +149,9 @@ class PRMObjectiveConfig(ObjectiveConfig):
     hard_threshold: float = 0.5
     # Take the two label columns of the full logits instead of the two head rows.
     full_logits: bool = False
+    # "tag": P(good) vs P(bad) at each step tag (Math-Shepherd); "likelihood": the PRM's own
+    # probability of the step's least likely token (a generative PRM; same loss).
+    readout: str = "tag"
     # PRM data: "oracle" (task solutions with exact labels; testing only) or a TRL PRM JSONL path.
     data: str = "oracle"
     # Records to use (oracle: problems of the split; file: first valid records; null: all).
