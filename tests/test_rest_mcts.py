@@ -45,3 +45,35 @@ def test_two_iterations_at_toy_size(tmp_path):
     # rerun: both iterations are done, nothing is searched again
     again = train_rest_mcts(tmp_path / "run", **kw)
     assert [r["iteration"] for r in again["iterations"]] == [0, 1, 2]
+
+
+def test_a_likelihood_prm_is_searched_and_trained_with_its_readout(tmp_path, monkeypatch):
+    """The PRM folder's prm_config.json read-out is used for scoring the search and for its
+    training (a likelihood PRM read at a tag it was never trained on would guide nothing)."""
+    from lrm_engine.objectives.prm import PRMObjective
+    from lrm_engine.rewards.prm_token import TokenPRM
+    from lrm_engine.train import train_prm
+    from lrm_engine.train.prm_data import oracle_prm_records
+    from lrm_engine.train.rest_mcts import train_rest_mcts
+    from rl_fixtures import micro_models, small_task
+
+    task = small_task()
+    pol, _ = micro_models(tmp_path / "models", task)
+    recs = oracle_prm_records(task, "train", limit=8, noise_fraction=0.5, noise_seed=0)
+    prm = train_prm(tmp_path / "lik", records=recs, task=task, model=pol, objective=PRMObjective(readout="likelihood"),
+                    train=dict(total_steps=1, micro_batch_size=4, save_every=0, progress=False, tensorboard=False),
+                    evaluate=False).model_dir
+    seen = {"reward": [], "objective": []}
+    for cls, key in ((TokenPRM, "reward"), (PRMObjective, "objective")):
+        orig = cls.__init__
+
+        def spy(self, *a, _orig=orig, _key=key, **kw):
+            seen[_key].append(kw.get("readout", "tag"))
+            _orig(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "__init__", spy)
+    train_rest_mcts(tmp_path / "run", task=task, policy=pol, prm=prm, iterations=1, problems_per_iteration=3,
+                    simulations=4, k=2, num_leaves=2, max_steps=3, max_step_tokens=8, search_batch=3,
+                    policy_steps=1, policy_batch=4, prm_steps=1, prm_batch=4, eval_problems=2)
+    assert seen["reward"] == ["likelihood"] and seen["objective"] == ["likelihood"]
+    assert json.loads((tmp_path / "run" / "prm_model" / "prm_config.json").read_text())["readout"] == "likelihood"

@@ -186,7 +186,7 @@ def train_rest_mcts(run_dir, *, task, policy: str, prm: str, iterations: int = 3
         # 1. search (the policy and the PRM of this iteration's start)
         hp = HFPolicy(pmodel, ptok, step=task.step, max_step_tokens=max_step_tokens, kv_budget_mb=256)
         reward = TokenPRM(rmodel, rtok, good_token=rcfg["good_token"], bad_token=rcfg["bad_token"],
-                          step_tag=rcfg["step_tag"], kv_budget_mb=256)
+                          step_tag=rcfg["step_tag"], readout=rcfg.get("readout", "tag"), kv_budget_mb=256)
         ctx = SearchContext(policy=hp, reward=reward, step=task.step, prompt=task.prompt,
                             sampling=SamplingConfig(temperature=temperature, seed=seed + it),
                             aggregation=aggregation, max_steps=max_steps, export_trees=True)
@@ -218,7 +218,7 @@ def train_rest_mcts(run_dir, *, task, policy: str, prm: str, iterations: int = 3
             pol_out = res.model_dir
         if prm_recs and prm_steps > 0:
             obj = PRMObjective(good_token=rcfg["good_token"], bad_token=rcfg["bad_token"],
-                               label_mode="soft")
+                               label_mode="soft", readout=rcfg.get("readout", "tag"))
             res = train_prm(d / "prm", records=prm_recs, task=task, step_tag=rcfg["step_tag"],
                             objective=obj, model=rmodel, tokenizer=rtok,
                             train=dict(total_steps=prm_steps, micro_batch_size=prm_batch, lr=prm_lr,
