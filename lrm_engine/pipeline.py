@@ -293,6 +293,11 @@ class Pipeline:
         )
         return {"model_dir": str(res.model_dir), "steps": res.steps, "final_loss": res.final_loss}
 
+    def _eval_examples(self) -> tuple[list, dict]:
+        """The held-out problems every sweep cell searches, and them by problem id."""
+        examples = _take(self.task.examples(self.cfg.eval_split), self.cfg.eval_problems)
+        return examples, {ex.problem.id: ex for ex in examples}
+
     def _greedy_accuracy(self, model_dir: str) -> float:
         """Greedy accuracy of a model used as the policy on the sweep's problems (the PRM's
         model: how much it knows as a solver, next to what it buys as a verifier)."""
@@ -300,8 +305,7 @@ class Pipeline:
         from lrm_engine.core.results import ResultsFile
 
         c = self.cfg
-        examples = _take(self.task.examples(c.eval_split), c.eval_problems)
-        by_id = {ex.problem.id: ex for ex in examples}
+        examples, by_id = self._eval_examples()
         out = Path(model_dir).parent / "greedy_as_policy.jsonl"
         out.unlink(missing_ok=True)
         recs = run_search(self._make_search("greedy", 1), self._ctx(self._policy(model_dir)),
@@ -329,8 +333,7 @@ class Pipeline:
         from lrm_engine.rewards.factories import make_prm_token
 
         c = self.cfg
-        examples = _take(self.task.examples(c.eval_split), c.eval_problems)
-        by_id = {ex.problem.id: ex for ex in examples}
+        examples, by_id = self._eval_examples()
         problems = [ex.problem for ex in examples]
         cells = [(s, n) for s in c.searches for n in c.sweep_n if not (s == "greedy" and n != min(c.sweep_n))]
         rows = []

@@ -253,9 +253,10 @@ class IncrementalPRM(ABC):
 
     def _score_rows(self, st, tree, policy, rows, ppaths) -> torch.Tensor:
         """One forward over all rows (node step tokens on the parent's prefix); store segments."""
-        items, lens = [], []
+        items, lens, parents = [], [], []
         for b, n in rows:
-            path = ppaths[(b, int(tree.parent[b, n]))]
+            parents.append((b, int(tree.parent[b, n])))
+            path = ppaths[parents[-1]]
             pre = [self.store.get((st.key, b, x)) for x in path]
             if any(s is None for s in pre):  # pragma: no cover — pinned above
                 raise RewardError("a pinned PRM prefix segment went missing")
@@ -267,17 +268,11 @@ class IncrementalPRM(ABC):
         self.counters.forward_calls += 1
         self.counters.tokens_computed += sum(lens)
         R, smax, d = hidden.shape
-        ids = torch.zeros(R * smax, dtype=torch.long)
-        for r, (_, t, _) in enumerate(items):
-            ids[r * smax : r * smax + int(t.numel())] = t
+        ids = torch.nn.utils.rnn.pad_sequence([t for _, t, _ in items], batch_first=True)
+        ids = torch.nn.functional.pad(ids, (0, smax - ids.shape[1])).reshape(-1)  # row-major, like hidden
         spans = [(r * smax, r * smax + L) for r, L in enumerate(lens)]
-        before = None
-        if self.keeps_last_hidden:
-            missing = [(b, int(tree.parent[b, n])) for b, n in rows
-                       if (b, int(tree.parent[b, n])) not in st.last_hidden]
-            if missing:  # pragma: no cover — every computed segment keeps it
-                raise RewardError(f"no kept hidden state for the parents {missing[:3]}")
-            before = torch.stack([st.last_hidden[(b, int(tree.parent[b, n]))] for b, n in rows])
+        # every computed segment keeps its last hidden state, so a parent's is always there
+        before = torch.stack([st.last_hidden[p] for p in parents]) if self.keeps_last_hidden else None
         scores = self._span_scores(hidden.reshape(R * smax, d), ids.to(hidden.device), spans,
                                    before).float().cpu()
         for r, ((b, n), ss) in enumerate(zip(rows, segs)):

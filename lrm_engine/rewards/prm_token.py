@@ -115,28 +115,31 @@ def min_token_prob(hidden: torch.Tensor, ids: torch.Tensor, spans, weight: torch
     ``tag_ids`` and ``h_{s-1}`` is ``before[k]`` (``[len(spans), d]``) when given, else
     ``hidden[s - 1]``. A span with no such token scores 1. Returns ``[len(spans)]`` float32.
     """
-    tag = list(tag_ids)
-    T = hidden.shape[0]
-    pos, tgt, own = [], [], []
-    for k, (s, e) in enumerate(spans):
-        stop = e
-        if tag and e - s > len(tag) and ids[e - len(tag) : e].tolist() == tag:
-            stop = e - len(tag)
-        if stop <= s:
-            continue
+    T, K = hidden.shape[0], len(spans)
+    dev = hidden.device
+    se = torch.as_tensor(list(spans), dtype=torch.long, device=dev).reshape(K, 2)
+    s, stop = se[:, 0], se[:, 1]
+    tag = torch.as_tensor(list(tag_ids), dtype=torch.long, device=dev)
+    if tag.numel():  # drop a trailing tag (only where the span is longer than it)
+        n = tag.numel()
+        at = (stop[:, None] - n + torch.arange(n, device=dev)).clamp_min(0)
+        has = (ids.to(dev)[at] == tag).all(1) & (stop - s > n)
+        stop = torch.where(has, stop - n, stop)
+    L = (stop - s).clamp_min(0)  # scored tokens per span
+    low = torch.zeros(K, dtype=torch.float32)
+    if int(L.sum()) > 0:
+        own = torch.repeat_interleave(torch.arange(K, device=dev), L)  # span of each scored token
+        first = torch.repeat_interleave(torch.cumsum(L, 0) - L, L)
+        tgt = torch.repeat_interleave(s, L) + torch.arange(int(L.sum()), device=dev) - first
         # the token at s is predicted by the one before the span, the rest inside it
-        pos.append(torch.tensor([T + k if before is not None else s - 1]))
-        pos.append(torch.arange(s, stop - 1))
-        tgt.append(torch.arange(s, stop))
-        own.append(torch.full((stop - s,), k, dtype=torch.long))
-    low = torch.zeros(len(spans), dtype=torch.float32)
-    if pos:
-        h = hidden if before is None else torch.cat([hidden, before.to(hidden.dtype)])
-        p = torch.cat(pos).to(hidden.device)
-        logits = h.index_select(0, p).float() @ weight.float().t()
+        pred = tgt - 1
+        h = hidden
+        if before is not None:
+            h = torch.cat([hidden, before.to(device=dev, dtype=hidden.dtype)])
+            pred = torch.where(tgt == torch.repeat_interleave(s, L), T + own, pred)
+        logits = h.index_select(0, pred).float() @ weight.float().t()
         if bias is not None:
             logits = logits + bias.float()
-        t = ids.index_select(0, torch.cat(tgt).to(ids.device))
-        lp = torch.log_softmax(logits, -1).gather(1, t[:, None])[:, 0]
-        low = low.scatter_reduce(0, torch.cat(own), lp.float().cpu(), reduce="amin", include_self=True)
+        lp = torch.log_softmax(logits, -1).gather(1, ids.to(dev).index_select(0, tgt)[:, None])[:, 0]
+        low = low.scatter_reduce(0, own.cpu(), lp.float().cpu(), reduce="amin", include_self=True)
     return low.exp()

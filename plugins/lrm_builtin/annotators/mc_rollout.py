@@ -107,10 +107,10 @@ class MCRolloutAnnotator:
             chain_b = tree.path_to_root(b, int(chain[b]))[::-1][1:]
             on_chain = set(chain_b)
             texts = [ctx.text(tree, b, n) for n in chain_b]
-            steps = [t[len(p):].rstrip(ctx.step.delimiter) for p, t in zip([""] + texts, texts)]
-            final_text = texts[-1]
-            chain_ok = bool(grade(ex, final_text))
+            steps = _steps(texts, ctx.step.delimiter)
+            chain_ok = bool(grade(ex, texts[-1]))
             hits = {n: [chain_ok] for n in chain_b}
+            correct_leaves = []
             for j in range(rollouts.shape[1]):
                 leaf_n = int(rollouts[b, j])
                 if leaf_n < 0:
@@ -118,20 +118,22 @@ class MCRolloutAnnotator:
                 n = int(tree.parent[b, leaf_n])
                 while n not in on_chain:
                     n = int(tree.parent[b, n])
-                hits[n].append(bool(grade(ex, ctx.text(tree, b, leaf_n))))
+                ok = bool(grade(ex, ctx.text(tree, b, leaf_n)))
+                hits[n].append(ok)
+                if ok and bool(tree.terminal[b, leaf_n]):
+                    correct_leaves.append(leaf_n)
             soft = [sum(hits[n]) / len(hits[n]) for n in chain_b]
             if bool(tree.terminal[b, chain_b[-1]]):
                 soft[-1] = float(chain_ok)  # the final step is labelled by its own answer
-            records.append({
-                "id": ex.problem.id,
-                "prompt": ctx.prompt(ex.problem),
-                "completions": steps,
-                "labels": [s > 0 for s in soft],
-                "soft_labels": soft,
-                "answer_correct": chain_ok,
-            })
+            records.append(_record(ctx, ex, steps, soft, chain_ok))
             if self.emit_rollouts:
-                records += self._rollout_records(ctx, tree, b, ex, rollouts[b], chain_b, soft, grade)
+                soft_of = dict(zip(chain_b, soft))
+                found = []
+                for leaf_n in correct_leaves:
+                    path = tree.path_to_root(b, leaf_n)[::-1][1:]
+                    found.append((_steps([ctx.text(tree, b, n) for n in path], ctx.step.delimiter),
+                                  [soft_of.get(n, 1.0) for n in path]))
+                records += _rollout_records(ctx, ex, found)
         ctx.policy.release(tree)
         return records
 
@@ -174,25 +176,14 @@ class MCRolloutAnnotator:
         records = []
         for k, ex in enumerate(examples):
             texts = chains[k]
-            steps = [t[len(p):].rstrip(ctx.step.delimiter) for p, t in zip([""] + texts, texts)]
+            steps = _steps(texts, ctx.step.delimiter)
             chain_ok = bool(grade(ex, texts[-1]))
             soft = [sum(ok for _, ok in hits[(k, i)]) / N for i in range(1, len(texts))] + [float(chain_ok)]
-            records.append({"id": ex.problem.id, "prompt": ctx.prompt(ex.problem), "completions": steps,
-                            "labels": [v > 0 for v in soft], "soft_labels": soft,
-                            "answer_correct": chain_ok})
+            records.append(_record(ctx, ex, steps, soft, chain_ok))
             if self.emit_rollouts:
-                seen, extra = set(), []
-                for i in range(1, len(texts)):
-                    for c, ok in hits[(k, i)]:
-                        rsteps = steps[:i] + [x.rstrip(ctx.step.delimiter) for x in c]
-                        if not ok or tuple(rsteps) in seen:
-                            continue
-                        seen.add(tuple(rsteps))
-                        extra.append({"id": f"{ex.problem.id}#r{len(extra)}", "prompt": ctx.prompt(ex.problem),
-                                      "completions": rsteps, "labels": [True] * len(rsteps),
-                                      "soft_labels": soft[:i] + [1.0] * (len(rsteps) - i),
-                                      "answer_correct": True, "source": "rollout"})
-                records += extra
+                found = [(steps[:i] + [x.rstrip(ctx.step.delimiter) for x in c], soft[:i] + [1.0] * len(c))
+                         for i in range(1, len(texts)) for c, ok in hits[(k, i)] if ok]
+                records += _rollout_records(ctx, ex, found)
         return records
 
     @staticmethod
@@ -242,36 +233,9 @@ class MCRolloutAnnotator:
             row = []
             for n in leaves[r].tolist():
                 texts = [cctx.text(tree, r, x) for x in tree.path_to_root(r, int(n))[::-1][1:]]
-                row.append([t[len(p):] for p, t in zip([""] + texts, texts)])
+                row.append(_steps(texts))
             out.append(row)
         cctx.policy.release(tree)
-        return out
-
-    @staticmethod
-    def _rollout_records(ctx, tree, b, ex, leaves, chain_b, soft, grade) -> list[dict]:
-        """The distinct correct rollouts of tree ``b`` as all-good records."""
-        soft_of = dict(zip(chain_b, soft))
-        seen, out = set(), []
-        for leaf in leaves.tolist():
-            if leaf < 0 or not bool(tree.terminal[b, leaf]):
-                continue
-            path = tree.path_to_root(b, int(leaf))[::-1][1:]
-            texts = [ctx.text(tree, b, n) for n in path]
-            if not grade(ex, texts[-1]):
-                continue
-            steps = [t[len(p):].rstrip(ctx.step.delimiter) for p, t in zip([""] + texts, texts)]
-            if tuple(steps) in seen:
-                continue
-            seen.add(tuple(steps))
-            out.append({
-                "id": f"{ex.problem.id}#r{len(out)}",
-                "prompt": ctx.prompt(ex.problem),
-                "completions": steps,
-                "labels": [True] * len(steps),
-                "soft_labels": [soft_of.get(n, 1.0) for n in path],
-                "answer_correct": True,
-                "source": "rollout",
-            })
         return out
 
     def annotate(self, ctx, examples: Sequence[Example], grade, out: ResultsFile,
@@ -295,3 +259,29 @@ class MCRolloutAnnotator:
         if bar is not None:
             bar.close()
         return out.records()
+
+
+def _steps(texts: Sequence[str], delimiter: str | None = None) -> list[str]:
+    """Step texts from the cumulative texts after each step (delimiter stripped when given)."""
+    out = [t[len(p):] for p, t in zip([""] + list(texts), texts)]
+    return out if delimiter is None else [x.rstrip(delimiter) for x in out]
+
+
+def _record(ctx, ex: Example, steps: list[str], soft: list[float], answer_correct: bool, **extra) -> dict:
+    """One TRL PRM record (hard label = soft > 0, Math-Shepherd's hard estimate)."""
+    return {"id": ex.problem.id, "prompt": ctx.prompt(ex.problem), "completions": steps,
+            "labels": [v > 0 for v in soft], "soft_labels": soft, "answer_correct": answer_correct, **extra}
+
+
+def _rollout_records(ctx, ex: Example, found) -> list[dict]:
+    """The distinct correct rollouts ``found`` (``(steps, soft labels)`` pairs) as all-good
+    records ``<problem id>#r<k>``."""
+    seen, out = set(), []
+    for steps, soft in found:
+        if tuple(steps) in seen:
+            continue
+        seen.add(tuple(steps))
+        rec = _record(ctx, ex, steps, soft, True, source="rollout")
+        rec.update(id=f"{ex.problem.id}#r{len(out)}", labels=[True] * len(steps))
+        out.append(rec)
+    return out
