@@ -228,7 +228,8 @@ class Pipeline:
 
         return SearchContext(policy=policy, reward=reward, step=self.task.step, prompt=self.task.prompt,
                              sampling=SamplingConfig(temperature=self.cfg.temperature, seed=self.seed),
-                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps)
+                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps,
+                             seed=self.seed)
 
     def stage_annotate(self, d: Path) -> dict:
         from lrm_builtin.annotators.mc_rollout import MCRolloutAnnotator

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from lrm_engine.components import Components
 
 # Defaults of the ``search_run`` config node (used when the node is absent).
-SEARCH_RUN_DEFAULTS = {"split": "test", "limit": None, "batch_size": 8, "max_steps": 12,
+SEARCH_RUN_DEFAULTS = {"split": None, "limit": None, "batch_size": 8, "max_steps": 12,
                        "aggregation": "min"}
 # Defaults of the ``export`` config node (used when the node is absent).
 EXPORT_DEFAULTS = {"tree": "none", "path": None}
@@ -46,8 +46,8 @@ EXPORT_DEFAULTS = {"tree": "none", "path": None}
 class GradedResults(ResultsFile):
     """results.jsonl whose records are graded against the references as they are appended."""
 
-    def __init__(self, path, examples: Mapping[str, Any], task):
-        super().__init__(path)
+    def __init__(self, path, examples: Mapping[str, Any], task, fingerprint=None, overwrite=False):
+        super().__init__(path, fingerprint=fingerprint, overwrite=overwrite)
         self.examples = examples
         self.task = task
         # The records of the last append (graded), for per-batch metrics.
@@ -66,13 +66,28 @@ class GradedResults(ResultsFile):
         super().append(graded)
 
 
-def settings(cfg: DictConfig) -> dict[str, Any]:
+def settings(cfg: DictConfig, default_split: str = "test") -> dict[str, Any]:
+    """The ``search_run`` node; a null split is the verb's ``default_split``."""
     from omegaconf import OmegaConf
 
     node = cfg.get("search_run")
     out = dict(SEARCH_RUN_DEFAULTS)
     if node is not None:
         out.update(OmegaConf.to_container(node, resolve=True))
+    if out["split"] is None:
+        out["split"] = default_split
+    return out
+
+
+def model_dirs(cfg: DictConfig) -> dict[str, str | None]:
+    """``{"policy.path": dir, "reward.path": dir}`` of the selected models (null: the defaults)."""
+    from lrm_engine.default_models import default_model_dir
+
+    out: dict[str, str | None] = {}
+    for group, kind in (("policy", "policy"), ("reward", "prm")):
+        node = cfg.get(group)
+        if node is not None and "path" in node:
+            out[f"{group}.path"] = str(node.path) if node.path is not None else str(default_model_dir(kind))
     return out
 
 
@@ -144,6 +159,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     from lrm_engine.core.engine import SearchContext, run_search
+    from lrm_engine.fingerprint import fingerprint
+    from lrm_engine.leakage import check_models
     from lrm_engine.plugin_manager import get_plugin_manager
 
     task, policy, reward, search = components.task, components.policy, components.reward, components.search
@@ -153,6 +170,8 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     if s["limit"] is not None:
         examples = examples[: int(s["limit"])]
     by_id = {str(ex.problem.id): ex for ex in examples}
+    check_models(model_dirs(cfg), str(cfg.task.name) if cfg.get("task") is not None else "task",
+                 s["split"], by_id)
     # The task's step convention drives the policy's stop strings and final-answer detection.
     if callable(getattr(policy, "configure", None)):
         policy.configure(step=task.step)
@@ -162,10 +181,11 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         policy=policy, step=task.step, prompt=task.prompt, reward=reward,
         sampling=getattr(policy, "sampling", None), ops=components.kernels,
         aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
-        export_trees=ex["tree"] != "none",
+        export_trees=ex["tree"] != "none", seed=int(cfg.runtime.seed),
     )
     out_dir = Path(str(cfg.runtime.output_dir))
-    results = GradedResults(out_dir / "results.jsonl", by_id, task)
+    results = GradedResults(out_dir / "results.jsonl", by_id, task, fingerprint=fingerprint(cfg, "search", {"search_run.split": s["split"]}),
+                            overwrite=bool(cfg.runtime.get("overwrite", False)))
     resumed = sum(1 for i in by_id if results.done(i))
     pm = get_plugin_manager()
     it = [0]
