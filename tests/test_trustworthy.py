@@ -41,14 +41,14 @@ def test_keyed_sampling_is_per_row_and_follows_the_distribution():
     logits = torch.randn(5, 11)
     keys = torch.randint(-2**62, 2**62, (5,))
     cfg = SamplingConfig(temperature=0.7, top_p=0.9)
-    whole = sample(logits, cfg, keys)
+    whole = sample(logits, cfg, keys=keys)
     for r in range(5):  # a row's draw depends on its key and logits only
-        assert sample(logits[r:r + 1], cfg, keys[r:r + 1]).item() == whole[r].item()
-    assert sample(logits.flip(0), cfg, keys.flip(0)).tolist() == whole.flip(0).tolist()
+        assert sample(logits[r:r + 1], cfg, keys=keys[r:r + 1]).item() == whole[r].item()
+    assert sample(logits.flip(0), cfg, keys=keys.flip(0)).tolist() == whole.flip(0).tolist()
     # Frequencies over many keys match the probabilities; a zero-probability token never appears.
     p = torch.tensor([0.5, 0.3, 0.2, 0.0])
     n = 20000
-    draws = sample(p.log().expand(n, 4), SamplingConfig(), rng.splitmix64(torch.arange(n)))
+    draws = sample(p.log().expand(n, 4), SamplingConfig(), keys=rng.splitmix64(torch.arange(n)))
     freq = torch.bincount(draws, minlength=4).float() / n
     assert torch.allclose(freq[:3], p[:3], atol=0.015), freq
     assert int(freq[3] * n) == 0
@@ -378,3 +378,15 @@ def test_sweep_jobs_get_their_own_folders_and_one_table(models, tmp_path):
                 env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [json.loads((j / "summary.json").read_text())["resumed"] for j in jobs] == [5, 5]
+
+
+def test_run_notes_name_what_went_differently():
+    from lrm_engine.verbs.search import run_notes
+
+    assert run_notes({"policy_tokens_computed": 10}) == []
+    notes = run_notes({"policy_budget_overruns": 2, "policy_bytes_resident_peak": 3 * 2**20,
+                       "policy_context_stops": 1, "reward_nonfinite_scores": 4,
+                       "reward_judge_unparseable": 2, "reward_judge_judged": 9}, bad_lines=1)
+    assert notes[0] == ("the policy's pinned KV segments exceeded policy.kv_budget_mb 2 time(s) "
+                        "(peak 3.0 MiB): raise it or lower search_run.batch_size")
+    assert len(notes) == 5 and "2 of 9 judge verdicts" in notes[3] and "results.jsonl.bad" in notes[4]

@@ -48,6 +48,8 @@ class ComputeCounters:
     forward_calls: model forward passes.
     context_stops: steps cut because their path reached the model's context length (terminal).
     empty_steps: steps with no text besides the delimiter (they end their path).
+    budget_overruns: times the pinned segments alone (the prefixes one call needs) exceeded the
+        KV byte budget, so the store held more than it for that call.
     """
 
     tokens_computed: int = 0
@@ -58,6 +60,7 @@ class ComputeCounters:
     forward_calls: int = 0
     context_stops: int = 0
     empty_steps: int = 0
+    budget_overruns: int = 0
 
     _PEAK = ("bytes_resident_peak",)
 

@@ -501,7 +501,7 @@ class HFPolicy:
                 (self.context_length - row_plen).clamp(min=1, max=self.max_step_tokens))
         t = 0
         while alive.numel():
-            x = sample(logits, sampling, mix(row_key[alive], t))
+            x = sample(logits, sampling, keys=mix(row_key[alive], t))
             lp[alive] += torch.log_softmax(logits.float(), -1).gather(1, x[:, None]).squeeze(1).double()
             xs = x.tolist()
             is_eos = eos_mask[x]

@@ -51,8 +51,8 @@ def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return x
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig, keys: torch.Tensor | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None,
+           *, keys: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of [R, V] logits -> [R] int64.
 
     keys: [R] int64 — one counter-based key per row (lrm_engine/core/rng.py); row r's token is

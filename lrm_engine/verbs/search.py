@@ -216,6 +216,9 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     trees = write_trees(records, out_dir, ex, title=f"lrm search: {summary['search']} on {summary['task']}")
     if trees is not None:
         summary["trees"] = str(trees)
+    notes = run_notes(summary["counters"], results.bad_lines)
+    if notes:
+        summary["notes"] = notes
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(
         f"lrm search: {summary['correct']}/{summary['problems']} correct "
@@ -224,4 +227,32 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         f"reused {summary['tokens_reused']} (policy {summary['policy_tokens_reused']}, "
         f"PRM {summary['reward_tokens_reused']}); {resumed} resumed; {wall:.1f}s -> {out_dir}"
     )
+    for note in notes:
+        print(f"lrm search: note: {note}")
     return summary
+
+
+def run_notes(counters: Mapping[str, int], bad_lines: int = 0) -> list[str]:
+    """One line per thing that went differently from a plain run, from the counters."""
+    c = counters
+    notes = []
+    for who in ("policy", "reward"):
+        n = c.get(f"{who}_budget_overruns", 0)
+        if n:
+            peak = c.get(f"{who}_bytes_resident_peak", 0) / 2**20
+            notes.append(f"the {who}'s pinned KV segments exceeded {who}.kv_budget_mb {n} time(s) "
+                         f"(peak {peak:.1f} MiB): raise it or lower search_run.batch_size")
+    if c.get("policy_context_stops"):
+        notes.append(f"{c['policy_context_stops']} step(s) were cut where the path filled the "
+                     f"model's context (those paths end unanswered)")
+    if c.get("policy_empty_steps"):
+        notes.append(f"{c['policy_empty_steps']} empty step(s) ended their paths")
+    if c.get("reward_nonfinite_scores"):
+        notes.append(f"{c['reward_nonfinite_scores']} non-finite step score(s) from the reward "
+                     f"model were counted as 0.0")
+    if c.get("reward_judge_unparseable"):
+        notes.append(f"{c['reward_judge_unparseable']} of {c.get('reward_judge_judged', 0)} judge "
+                     f"verdicts were unparseable (scored neutral)")
+    if bad_lines:
+        notes.append(f"{bad_lines} unreadable line(s) of results.jsonl were moved to results.jsonl.bad")
+    return notes
