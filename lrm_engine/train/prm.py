@@ -300,7 +300,7 @@ def train_prm(
     can_eval = task is not None and all(callable(getattr(task, n, None))
                                         for n in ("noisy_solutions", "prefix_labels", "grade"))
     if evaluate is not False and can_eval:  # the held-out problems must not be trained on
-        ev_cfg = PRMEvalConfig() if evaluate in (None, True) else evaluate
+        ev_cfg = PRMEvalConfig() if evaluate in (None, True) else _coerce(PRMEvalConfig, evaluate)
         held = list(itertools.islice(task.examples(ev_cfg.split), ev_cfg.num_problems))
         check_training_data("the PRM's training data", getattr(task, "name", "task"),
                             [problem_id(r.meta) for r in records], ev_cfg.split,
