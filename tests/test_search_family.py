@@ -51,7 +51,9 @@ def keep_tree(ctx):
 
 
 SEARCHES = {
-    "lookahead": lambda **kw: LookaheadSearch(n=4, beam_width=2, lookahead=1, **kw),
+    # One survivor of 4 (keep 1): the survivor keeps its first step only, so OPT's last step is
+    # found by expanding (2, 0) itself (its greedy continuation (2, 0, 0) scores 0.5).
+    "lookahead": lambda **kw: LookaheadSearch(n=4, beam_width=4, lookahead=1, **kw),
     "dvts": lambda **kw: DVTSSearch(n=4, beam_width=2, **kw),
     "mcts": lambda **kw: MCTSSearch(simulations=24, k=3, **kw),
     "mcts_k4_rollout": lambda **kw: MCTSSearch(simulations=24, k=3, num_leaves=4, value="rollout", **kw),
@@ -131,10 +133,11 @@ def test_lookahead_sees_past_a_trap_that_beam_falls_into():
     ctx = make_ctx(trap_world())
     out = LookaheadSearch(n=3, beam_width=3, lookahead=1).run(ctx, problems(2))
     assert [r.answer for r in out] == ["opt", "opt"]
-    # The survivor's look-ahead step (2, 0) is reused, not regenerated: per problem, 3 root
-    # candidates + 3 look-ahead steps + 3 children of (2, 0) (terminal: no look-ahead needed).
-    assert ctx.policy.counters.tokens_computed == 2 * 9
-    assert ctx.policy.expand_calls == 3
+    # The survivor keeps its first step only (Snell et al.; issue 13): per problem, 3 root
+    # candidates + 3 look-ahead steps, 3 children of (2,) + 3 look-ahead steps, 3 children of
+    # (2, 0) (terminal: no look-ahead needed). (Before: the look-ahead step (2, 0) was kept, 9.)
+    assert ctx.policy.counters.tokens_computed == 2 * 15
+    assert ctx.policy.expand_calls == 5
 
 
 # ---------------------------------------------------------------- dvts

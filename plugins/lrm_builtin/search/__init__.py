@@ -81,10 +81,14 @@ class MCTSConfig:
     num_leaves: int = 1
     # Children generated when a node is expanded.
     k: int = 4
+    # Selection rule of the select op: puct (mctx, prior-weighted) or uct (UCB1, priors unused).
+    rule: str = "puct"
     # PUCT exploration constant c1 (mctx).
     c1: float = 1.25
     # PUCT exploration constant c2 (mctx).
     c2: float = 19652.0
+    # UCT exploration constant c of q + c * sqrt(ln N / n) (rule=uct).
+    uct_c: float = 1.4142135623730951
     # Virtual loss per pending visit while num_leaves leaves are selected.
     virtual_loss: float = 1.0
     # Action priors: policy (as the policy wrote them), logprob (softmax of step log-probs), uniform.

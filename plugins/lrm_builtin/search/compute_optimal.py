@@ -13,8 +13,10 @@
 3. Search kind per question (Snell et al.: sampling in parallel suits easy questions, PRM-guided
    tree search suits hard ones): easy -> best-of-N with the probe solutions reused plus the extra
    samples (weighted vote, ``easy_choice``); hard -> step-level ``beam`` with ``n`` = its share
-   (at least ``min_beam_n``) and ``beam_width``. Problems of one kind and one share run as one
-   batch.
+   (at least ``min_beam_n``) and ``beam_width``, its answer the best-scored of the beam's
+   finished solutions and the probe solutions (the probe is paid for from the budget, so its
+   solutions stay candidates of either kind; ``pass``: probe / extra / beam). Problems of one
+   kind and one share run as one batch.
 
 Measured on the scripted world of tests/test_sr_mcts.py (one easy question whose PRM over-rates a
 wrong first step, one hard question whose correct path is not the policy's most likely one) at
@@ -69,6 +71,8 @@ class ComputeOptimalSearch:
     # Final answer of easy questions: weighted, best or majority.
     easy_choice: str = "weighted"
     name: str = "compute_optimal"
+    # Ranks unfinished paths by step scores in its beam search (an outcome-only reward is refused).
+    uses_step_scores = True
 
     def __post_init__(self):
         check_choice(self.easy_choice)
@@ -122,7 +126,13 @@ class ComputeOptimalSearch:
             if kind == "beam":
                 out = BeamSearch(n=share, beam_width=min(self.beam_width, share), choice="best").run(ctx, sub)
                 for b, r in zip(members, out):
-                    r.candidates = list(r.candidates) + probe[b]
+                    # The probe's solutions compete with the beam's (same aggregated PRM score).
+                    cands = [dict(c, **{"pass": "beam"}) for c in r.candidates] + probe[b]
+                    i, sc = choose(cands, "best")
+                    chosen = cands[i] if i >= 0 else {"answer": None, "text": ""}
+                    r.answer, r.solution, r.candidates = chosen["answer"], chosen["text"], cands
+                    r.score = math.nan if sc is None else float(sc)
+                    r.steps = ctx.step.split_steps(chosen["text"])
                     results[b] = r
                 continue
             extra_cands: list[list[dict]] = [[] for _ in members]

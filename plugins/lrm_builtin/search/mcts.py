@@ -1,9 +1,9 @@
-"""`mcts`: PUCT Monte-Carlo tree search over reasoning steps, batched across problems.
+"""`mcts`: PUCT (or UCT) Monte-Carlo tree search over reasoning steps, batched across problems.
 
 Each iteration, for every tree at once:
 
-1. select — the core `select` op (PUCT, ``num_leaves`` leaves per tree with virtual loss so they
-   spread out) returns (node, action) pairs whose action has no child yet, or (node, -1) for a
+1. select — the core `select` op (``rule``: PUCT with ``c1``/``c2``, or UCT with ``uct_c``;
+   ``num_leaves`` leaves per tree with virtual loss so they spread out) returns (node, action) pairs whose action has no child yet, or (node, -1) for a
    terminal / exhausted node.
 2. expand — a policy expands a node once with all its ``k`` children (the HF policies write
    the children's priors, softmax of their step log-probabilities, into ``children_prior`` and
@@ -73,9 +73,13 @@ class MCTSSearch:
     num_leaves: int = 1
     # Children generated when a node is expanded.
     k: int = 4
+    # Selection rule of the select op: puct (mctx, prior-weighted) or uct (UCB1, priors unused).
+    rule: str = "puct"
     # PUCT exploration constants (mctx's c1 and c2).
     c1: float = 1.25
     c2: float = 19652.0
+    # UCT exploration constant c of q + c * sqrt(ln N / n).
+    uct_c: float = math.sqrt(2.0)
     # Virtual loss per pending visit while K leaves are selected.
     virtual_loss: float = 1.0
     # Action priors: policy (as the policy wrote them), logprob (softmax of step log-probs), uniform.
@@ -89,9 +93,12 @@ class MCTSSearch:
     # best (the final path) or majority / weighted vote over every solution in the tree.
     choice: str = "best"
     name: str = "mcts"
+    # Ranks unfinished paths by step scores (an outcome-only reward is refused).
+    uses_step_scores = True
 
     def __post_init__(self):
         check_choice(self.choice)
+        _check("rule", self.rule, ("puct", "uct"))
         _check("prior", self.prior, ("policy", "logprob", "uniform"))
         _check("value", self.value, ("prm", "rollout"))
         _check("terminal_value", self.terminal_value, ("aggregate", "last"))
@@ -178,8 +185,8 @@ class MCTSSearch:
         own = torch.zeros((B, tree.capacity))  # each node's evaluation as carried in value_sum
         earlier = torch.ones((K, K), dtype=torch.bool).tril(-1)
         for _ in range(iters):
-            ln, la = ctx.ops.select(tree, K, rule="puct", c1=self.c1, c2=self.c2,
-                                    virtual_loss=self.virtual_loss)
+            ln, la = ctx.ops.select(tree, K, rule=self.rule, c1=self.c1, c2=self.c2,
+                                    uct_c=self.uct_c, virtual_loss=self.virtual_loss)
             ln, la = ln.long(), la.long()
             dup = ((ln[:, :, None] == ln[:, None, :]) & earlier).any(-1)
             nodes = torch.where((la >= 0) & ~dup & (ln >= 0), ln, -1)
