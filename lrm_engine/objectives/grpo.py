@@ -12,10 +12,20 @@ current policy's, detached — the on-policy single-update case, ratio 1 with th
 the policy-gradient estimator), ``ref_logps [N, T]`` (absent: computed by the frozen
 reference model) and ``max_completion_length`` (for ``dr_grpo``).
 
+Passes per generation (``num_iterations`` = μ of the GRPO paper, TRL's ``num_iterations``):
+with μ > 1 the run optimises each rollout batch μ times
+(:class:`lrm_engine.train.rl_replay.ReplaySource`); :meth:`GRPOObjective.rollout_stats` then
+records ``old_logps`` (and ``ref_logps``) once at rollout time, with no gradient, so from the
+second pass on the ratio moves away from 1 and the clip acts. μ = 1: no ``old_logps`` (the
+current ones, detached, as in TRL).
+
 Advantages. Per group, via the ``group_normalize`` op (:func:`lrm_engine.ops.group_normalize`):
 
     A_i = (r_i - mean_g(r)) / (std_g(r) + 1e-4)     (scale_rewards=True; std unbiased, as TRL)
-    A_i = r_i - mean_g(r)                           (scale_rewards=False, Dr. GRPO)
+    A_i = r_i - mean_g(r)                           (scale_rewards=False, or loss_type=dr_grpo)
+
+``loss_type=dr_grpo`` always takes the unscaled form: Dr. GRPO (Liu et al. 2025) removes both
+the length normaliser and the std division, and TRL ignores ``scale_rewards`` for it.
 
 A group with a single completion has std := 0 and gets ``A = 0`` (TRL's torch.std would give
 NaN); a group whose rewards are all equal gets ``A = 0`` for every member. Such groups then
@@ -50,7 +60,9 @@ gives loss 0 with a zero gradient (never NaN). Masked positions are zeroed *befo
 exponentials, so padding log-probs can never produce inf/NaN.
 
 Metrics: ``loss``, ``kl`` (token mean of k3), ``clip_low`` / ``clip_high`` (share of tokens with
-ρ A clipped below / above), ``reward`` / ``reward_std`` (mean and mean within-group std of the
+ρ A clipped below / above: ρ < 1 - ε with A < 0, ρ > 1 + ε_high with A > 0, TRL's
+``clip_ratio/low_mean`` / ``high_mean``), ``clip_ratio`` (their sum, TRL's ``region_mean``: the
+tokens whose gradient the clip removes), ``reward`` / ``reward_std`` (mean and mean within-group std of the
 rewards), ``zero_std_frac``, ``completion_len`` (mean tokens per completion).
 """
 
@@ -141,7 +153,7 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
         high = ((ratio > 1.0 + eps_hi) & (A > 0) & m).sum().item() / den
         metrics = {"loss": float(loss.detach()),
                    "kl": float((kl * mf).sum() / den) if kl is not None else 0.0,
-                   "clip_low": low, "clip_high": high,
+                   "clip_low": low, "clip_high": high, "clip_ratio": low + high,
                    "completion_len": float(n_tok) / max(N, 1)}
     return loss, metrics
 
@@ -155,7 +167,8 @@ class GRPOObjective(ReferenceMixin, ObjectiveBase):
 
     def __init__(self, beta: float = 0.04, epsilon: float = 0.2, epsilon_high: float | None = None,
                  loss_type: str = "grpo", scale_rewards: bool = True,
-                 max_completion_length: int | None = None, ref_model: str | None = None):
+                 max_completion_length: int | None = None, ref_model: str | None = None,
+                 num_iterations: int = 1):
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"grpo: loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         if beta < 0:
@@ -164,6 +177,9 @@ class GRPOObjective(ReferenceMixin, ObjectiveBase):
             raise ValueError(f"grpo: epsilon must be in (0, 1), got {epsilon}")
         if epsilon_high is not None and epsilon_high <= 0:
             raise ValueError(f"grpo: epsilon_high must be positive, got {epsilon_high}")
+        if int(num_iterations) < 1:
+            raise ValueError(f"grpo: num_iterations must be >= 1, got {num_iterations}")
+        self.num_iterations = int(num_iterations)
         self.beta, self.epsilon, self.epsilon_high = float(beta), float(epsilon), epsilon_high
         self.loss_type, self.scale_rewards = loss_type, bool(scale_rewards)
         self.max_completion_length = max_completion_length
@@ -174,10 +190,24 @@ class GRPOObjective(ReferenceMixin, ObjectiveBase):
         if self.beta != 0.0:
             self.setup_reference(model, device)
 
+    @property
+    def rollout_passes(self) -> int:
+        """Optimisation passes over each rollout batch (num_iterations)."""
+        return self.num_iterations
+
+    def rollout_stats(self, model, batch) -> dict:
+        """At rollout time, no grad: the sampling weights' ``old_logps`` (and ``ref_logps``)."""
+        ids, am = batch["input_ids"], batch.get("attention_mask")
+        out = {"old_logps": token_logps(model, ids, am)}
+        if self.beta != 0.0:
+            out["ref_logps"] = self.reference_token_logps(model, ids, am)
+        return out
+
     def advantages(self, batch) -> torch.Tensor:
         if batch.get("advantages") is not None:
             return batch["advantages"].float()
-        return grpo_advantages(batch["rewards"], batch["group_offsets"], self.scale_rewards)
+        scale = self.scale_rewards and self.loss_type != "dr_grpo"  # Dr. GRPO: no std scaling
+        return grpo_advantages(batch["rewards"], batch["group_offsets"], scale)
 
     def loss(self, model, batch):
         ids, am, cm = batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"]

@@ -9,6 +9,12 @@ verified answer); optionally ``old_logps [N, T]`` and ``old_values [N, T]`` (fro
 policy and value head, for several PPO epochs per rollout; absent: the current ones, detached —
 the on-policy first update), ``ref_logps [N, T]``.
 
+PPO epochs (``num_ppo_epochs``, TRL's PPOConfig): each rollout batch is optimised on that many
+times (:class:`lrm_engine.train.rl_replay.ReplaySource`); :meth:`PPOObjective.rollout_stats`
+records ``old_logps``, ``old_values`` (and ``ref_logps``) once at rollout time, with no gradient,
+so the advantages and value targets stay those of the rollout and, from the second epoch on,
+``cliprange`` and ``cliprange_value`` act. One epoch: the current ones, detached.
+
 Value head: ``value_head = Linear(hidden_size, 1)`` on the policy's last hidden states (after the
 final norm), trained next to the model (:meth:`trainable_modules`; checkpointed and restored on
 resume). The value of the state before completion token ``t`` is read at position ``t - 1``:
@@ -145,7 +151,11 @@ class PPOObjective(ReferenceMixin, ObjectiveBase):
 
     def __init__(self, gamma: float = 1.0, lam: float = 0.95, cliprange: float = 0.2,
                  cliprange_value: float = 0.2, vf_coef: float = 0.1, kl_coef: float = 0.05,
-                 whiten_advantages: bool = True, ref_model: str | None = None):
+                 whiten_advantages: bool = True, ref_model: str | None = None,
+                 num_ppo_epochs: int = 1):
+        if int(num_ppo_epochs) < 1:
+            raise ValueError(f"ppo: num_ppo_epochs must be >= 1, got {num_ppo_epochs}")
+        self.num_ppo_epochs = int(num_ppo_epochs)
         if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
             raise ValueError(f"ppo: gamma and lam must be in [0, 1], got {gamma}, {lam}")
         if cliprange <= 0 or cliprange_value <= 0:
@@ -172,6 +182,22 @@ class PPOObjective(ReferenceMixin, ObjectiveBase):
 
     def trainable_modules(self) -> dict:
         return {"value_head": self.value_head} if self.value_head is not None else {}
+
+    @property
+    def rollout_passes(self) -> int:
+        """Optimisation passes over each rollout batch (num_ppo_epochs)."""
+        return self.num_ppo_epochs
+
+    def rollout_stats(self, model, batch) -> dict:
+        """At rollout time, no grad: ``old_logps``, ``old_values`` (and ``ref_logps``)."""
+        if self.value_head is None:
+            self.setup(model, batch["input_ids"].device)
+        ids, am = batch["input_ids"], batch.get("attention_mask")
+        logps, hidden = token_logps(model, ids, am, return_hidden=True)
+        out = {"old_logps": logps, "old_values": self.values(hidden)}
+        if self.kl_coef > 0:
+            out["ref_logps"] = self.reference_token_logps(model, ids, am)
+        return out
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, T]``: V[:, t] = value_head(h[:, t-1]), 0 at t = 0."""

@@ -19,6 +19,12 @@ over the whole step):
     loss = ⟨ max(-A ρ, -A clip(ρ, 1 - ε, 1 + ε)) ⟩ + β ⟨ k3 ⟩,
     k3 = exp(ref - logp) - (ref - logp) - 1          (β = ``beta``; 0: no reference)
 
+PPO epochs (``num_ppo_epochs``): each batch of trajectories and MC advantages is optimised on
+that many times (:class:`lrm_engine.train.rl_replay.ReplaySource`, the values estimated once);
+:meth:`VinePPOObjective.rollout_stats` records ``old_logps`` (and ``ref_logps``) at rollout
+time, with no gradient, so from the second epoch on the clip acts. One epoch: the current
+log-probs, detached.
+
 Batch: ``input_ids``, ``attention_mask``, ``completion_mask [N, T]`` (per-token arrays follow
 :mod:`lrm_engine.objectives.logprobs`), ``advantages [N, T]`` (token advantages, 0 outside the
 completion), optionally ``old_logps``/``ref_logps``, ``rewards [N]`` (for logging). A micro-batch
@@ -102,7 +108,11 @@ class VinePPOObjective(ReferenceMixin, ObjectiveBase):
     # What batches this objective consumes: trajectories with MC values (lrm_engine.train.vine).
     batch_kind = "vine_rollout"
 
-    def __init__(self, epsilon: float = 0.2, beta: float = 0.0, ref_model: str | None = None):
+    def __init__(self, epsilon: float = 0.2, beta: float = 0.0, ref_model: str | None = None,
+                 num_ppo_epochs: int = 1):
+        if int(num_ppo_epochs) < 1:
+            raise ValueError(f"vineppo: num_ppo_epochs must be >= 1, got {num_ppo_epochs}")
+        self.num_ppo_epochs = int(num_ppo_epochs)
         if not 0.0 < epsilon < 1.0:
             raise ValueError(f"vineppo: epsilon must be in (0, 1), got {epsilon}")
         if beta < 0:
@@ -114,6 +124,19 @@ class VinePPOObjective(ReferenceMixin, ObjectiveBase):
     def setup(self, model, device) -> None:
         if self.beta != 0.0:
             self.setup_reference(model, device)
+
+    @property
+    def rollout_passes(self) -> int:
+        """Optimisation passes over each rollout batch (num_ppo_epochs)."""
+        return self.num_ppo_epochs
+
+    def rollout_stats(self, model, batch) -> dict:
+        """At rollout time, no grad: the sampling weights' ``old_logps`` (and ``ref_logps``)."""
+        ids, am = batch["input_ids"], batch.get("attention_mask")
+        out = {"old_logps": token_logps(model, ids, am)}
+        if self.beta != 0.0:
+            out["ref_logps"] = self.reference_token_logps(model, ids, am)
+        return out
 
     def loss(self, model, batch):
         ids, am, cm = batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"]

@@ -1,5 +1,5 @@
 """On-policy rollouts for ``grpo`` / ``ppo``: a batch source that samples groups of completions
-with the policy being trained and scores them with the task's verifier (SKELETON).
+with the policy being trained and scores them with the task's verifier.
 
 :class:`GroupRolloutSource` follows the batch-source contract of the loop
 (:mod:`lrm_engine.train.data`): ``next_batch() -> (batch, prompt indices)``, ``state_dict`` /
@@ -12,7 +12,9 @@ rewards each with ``task.grade(example, completion)`` (1.0 / 0.0: the arith veri
 group per prompt, contiguous rows, ``group_offsets``), plus ``accuracy``.
 
 Sampling goes through Hugging Face ``generate`` (one left-padded call per batch,
-``batch_generate``), a single optimisation per rollout (no ``old_logps``). ``reward_fn`` adds an
+``batch_generate``). The batch carries no ``old_logps``: with one optimisation pass per rollout
+the objectives take the current log-probs, detached; several passes (``num_iterations``)
+wrap this source in :class:`~lrm_engine.train.rl_replay.ReplaySource`, which adds them. ``reward_fn`` adds an
 extra reward (the PRM's score, :mod:`lrm_engine.train.rl_run`) to the verifier's; ``accuracy``
 is always the verifier's share. The ``lrm train`` recipe is :mod:`lrm_engine.train.rl_run`.
 """

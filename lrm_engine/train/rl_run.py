@@ -12,9 +12,14 @@
   :class:`~lrm_engine.train.vine.VineRolloutSource` (trajectories + Monte-Carlo values through
   the tree engine) for ``vineppo``. The source's position is in every checkpoint, so an
   interrupted run resumes at the same step with the same prompts.
+- Passes per rollout batch: the objective's ``rollout_passes`` (grpo's ``num_iterations``,
+  ppo's / vineppo's ``num_ppo_epochs``); above 1 the source is wrapped in
+  :class:`~lrm_engine.train.rl_replay.ReplaySource` (old log-probs / values from rollout time,
+  each batch optimised on that many times, so the clip ranges act).
 - PRM (optional, ``prm.path``; ``default``: the embedded default PRM): each completion's reward
   is ``verifier + prm.weight * min_step P(good)`` (the PRM's aggregate over the solution's steps).
-- Logging: the objective's metrics (``reward``, ``kl``, ...) plus ``accuracy`` (the verifier's
+- Logging: the objective's metrics (``reward``, ``kl``, the clipped shares ``clip_ratio`` /
+  ``clip_frac`` / ``value_clip_frac``, ...) plus ``rollout_pass`` with several passes, plus ``accuracy`` (the verifier's
   share of correct completions in the batch), to TensorBoard (``objective/<metric>``) and the
   progress bar (the one trainer's).
 - Evaluation: greedy accuracy (tree engine, :class:`GreedySearch` — the figure ``lrm run``
@@ -209,6 +214,12 @@ def train_rollout(
     else:
         source = GroupRolloutSource(policy, tok, task, max_new_tokens=ro.max_new_tokens,
                                     reward_fn=reward_fn, **common)
+    passes = int(getattr(objective, "rollout_passes", 1))
+    if passes > 1:  # num_iterations / num_ppo_epochs: old log-probs from rollout time
+        from .rl_replay import ReplaySource
+
+        source = ReplaySource(source, objective, policy, passes=passes, grad_accum=train_cfg.grad_accum,
+                              precision=train_cfg.precision)
     (run_dir / "run_config.json").write_text(json.dumps({
         "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
         "model": str(model), "rollout": asdict(ro), "train": asdict(train_cfg), "prm": prm,

@@ -52,7 +52,7 @@ def recipe_rollout(cfg, components, run_dir: Path) -> dict[str, Any]:
                            callbacks=[_hook_callback()])
     out = _summary(str(o.name), str(cfg.task.name), result)
     out["init"] = init
-    for k in ("reward", "accuracy", "kl"):
+    for k in ("reward", "accuracy", "kl", "clip_ratio", "clip_frac", "value_clip_frac"):
         v = result.metrics.get(f"objective/{k}")
         if v is not None:
             out[k] = v

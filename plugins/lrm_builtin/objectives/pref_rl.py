@@ -158,8 +158,10 @@ class GRPOObjectiveConfig(ObjectiveConfig):
     epsilon_high: Optional[float] = None
     # Loss aggregation: grpo, bnpo, dr_grpo or dapo (TRL's definitions, see the objective).
     loss_type: str = "grpo"
-    # Divide advantages by the group's reward std (false: Dr. GRPO, mean-centred only).
+    # Divide advantages by the group's reward std (false: mean-centred only; ignored, i.e. false, under dr_grpo).
     scale_rewards: bool = True
+    # Optimisation passes over each rollout batch (TRL's num_iterations, μ); > 1: old log-probs from rollout time, the clip acts.
+    num_iterations: int = 1
     # L of dr_grpo's normaliser N·L (null: the rollout's max_new_tokens).
     max_completion_length: Optional[int] = None
     # Reference model folder, loaded once (null: a frozen copy of the starting policy).
@@ -198,6 +200,8 @@ class PPOObjectiveConfig(ObjectiveConfig):
     kl_coef: float = 0.05
     # Whiten advantages over the micro-batch's completion tokens.
     whiten_advantages: bool = True
+    # PPO epochs over each rollout batch (TRL's num_ppo_epochs); > 1: old log-probs and values from rollout time, clipping acts.
+    num_ppo_epochs: int = 1
     # Reference model folder, loaded once (null: a frozen copy of the starting policy).
     ref_model: Optional[str] = None
     # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).

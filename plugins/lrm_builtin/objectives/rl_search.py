@@ -47,6 +47,8 @@ class VinePPOObjectiveConfig(ObjectiveConfig):
     epsilon: float = 0.2
     # β: weight of the per-token k3 KL to the reference (0: no reference model).
     beta: float = 0.0
+    # PPO epochs over each batch of trajectories (MC values estimated once); > 1: old log-probs from rollout time, the clip acts.
+    num_ppo_epochs: int = 1
     # Reference model folder, loaded once (null: a frozen copy of the starting policy).
     ref_model: Optional[str] = None
     # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
