@@ -415,3 +415,28 @@ def test_resume_between_passes_replays_the_buffered_batch(tmp_path):
     # a run of another pass count refuses the checkpoint
     with pytest.raises(ValueError, match="passes changed"):
         _train(GRPOObjective(beta=0.0, num_iterations=3), tmp_path / "b", total_steps=4, passes=3)
+
+
+def test_train_rollout_wraps_the_source_for_several_passes(tmp_path):
+    import json
+
+    from rl_fixtures import micro_models, small_task
+
+    from lrm_engine.objectives.grpo import GRPOObjective
+    from lrm_engine.train.rl_run import train_rollout
+
+    task = small_task()
+    pol, _ = micro_models(tmp_path / "models", task)
+    seen = []
+    res = train_rollout(tmp_path / "run", task=task, objective=GRPOObjective(beta=0.0, num_iterations=2),
+                        model=pol, rollout=dict(prompts_per_batch=2, num_generations=4, max_new_tokens=12),
+                        train=dict(total_steps=3, micro_batch_size=8, lr=1e-3, warmup_steps=0, device="cpu",
+                                   progress=False, tensorboard=False, save_every=1),
+                        evaluate=False, callbacks=[lambda s, m: seen.append(m)])
+    assert res.steps == 3
+    assert [m["objective/rollout_pass"] for m in seen] == [0.0, 1.0, 0.0]
+    assert all("objective/clip_ratio" in m for m in seen)
+    st = json.loads((tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").read_text())
+    # after step 3 (pass 0 of the second generation) the checkpoint holds the buffered batch
+    assert st["data"]["replay"]["calls"] == 3 and len(st["data"]["replay"]["buffer"]) == 1
+    assert st["data"]["source"]["position"] == 4  # two generations of 2 prompts

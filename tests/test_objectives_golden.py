@@ -527,8 +527,9 @@ def test_grpo_and_ppo_objectives_on_a_model(tok, micro):
     g = GRPOObjective(beta=0.04, loss_type="dr_grpo")
     g.setup(micro, torch.device("cpu"))
     loss, m = g.loss(micro, batch)
-    # on-policy and ref == policy: ρ = 1, k3 = 0; loss = -Σ_i A_i n_i / (N L)
-    a = 0.5 / (math.sqrt(0.5) + 1e-4)
+    # on-policy and ref == policy: ρ = 1, k3 = 0; loss = -Σ_i A_i n_i / (N L). dr_grpo takes no
+    # std scaling (Dr. GRPO, TRL; issue 13): A = r - mean = ±0.5 (was 0.5 / (sqrt(0.5) + 1e-4)).
+    a = 0.5
     n = [2, 2, 3, 0]
     want = -(a * n[0] - a * n[1] + a * n[2] - a * n[3]) / (4 * 4)
     assert float(loss) == pytest.approx(want, abs=1e-5) and m["kl"] == pytest.approx(0.0, abs=1e-6)
