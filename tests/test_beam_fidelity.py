@@ -134,3 +134,15 @@ def test_first_copies_finds_equal_paths_under_copies_of_a_prefix():
     # Parents' path classes (both parents are class 0): 5 repeats 3's path.
     key = torch.tensor([[0, 0, 0, 0]])
     assert first_copies(ctx, tree, cand, key).tolist() == [[0, 1, 0, 3]]
+
+
+def test_beam_refuses_an_outcome_only_reward():
+    # Beam ranks unfinished paths: an ORM (NaN on every unfinished step) would rank nothing.
+    from lrm_engine.core.engine import check_reward_fits
+    from lrm_engine.errors import UserError
+    from lrm_engine.rewards.outcome import OutcomeRM
+
+    w = SampledWorld()
+    with pytest.raises(UserError, match="search=beam ranks unfinished reasoning paths.*reward=orm"):
+        check_reward_fits(BeamSearch(), OutcomeRM(ScriptedReward(w)))
+    check_reward_fits(BeamSearch(), ScriptedReward(w))  # a step reward: fine

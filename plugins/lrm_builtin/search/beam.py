@@ -47,6 +47,8 @@ class BeamSearch:
     # (count once).
     duplicates: str = "keep"
     name: str = "beam"
+    # Ranks unfinished paths by step scores (an outcome-only reward is refused).
+    uses_step_scores = True
     # Per-problem, per-step diagnostics of the runs so far (see the module docstring).
     stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
