@@ -36,8 +36,9 @@ wall, per-step means over the problems still searching and the tokens computed (
 + decoded tokens of every row, padding excluded; PRM: every token of every re-scored path).
 
 ``--lrm [OVERRIDE ...]`` runs lrm's beam search instead (``lrm search task=arith_hard
-policy=tree search=beam search.n=N search.beam_width=W reward=prm_token``, the sampling seed
-from ``--seed``, plus the given overrides, e.g. ``search.duplicates=drop``) on the same problems
+policy=tree search=beam search.n=N search.beam_width=W reward=prm_token runtime.seed=SEED``
+with SEED from ``--seed``, plus the given overrides, which replace a default of the same key,
+e.g. ``search.duplicates=drop`` or ``policy=hf``) on the same problems
 and prints the same figures, from ``BeamSearch.stats`` and the engine's compute counters.
 """
 
@@ -50,7 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, pin_threads, utc_now  # noqa: E402
+from _common import emit, load_average, machine, pin_threads, utc_now  # noqa: E402
 
 
 class Beam:
@@ -271,7 +272,7 @@ def main() -> int:
                 "policy_tokens_computed": counts["policy_tokens"],
                 "prm_tokens_computed": counts["prm_tokens"],
                 "generate_calls": counts["generate_calls"], "prm_forwards": counts["prm_forwards"]})
-    print(json.dumps(out))
+    emit(out)
     return 0
 
 
@@ -304,10 +305,13 @@ def run_lrm(args, exs, task, threads, load0, date) -> int:
     from lrm_engine.core.engine import SearchContext, run_search
     from lrm_engine.core.results import ResultsFile
 
-    overrides = ["task=arith_hard", "policy=tree", "search=beam", f"search.n={args.n}",
-                 f"search.beam_width={args.width}", "reward=prm_token",
-                 f"search_run.max_steps={args.max_steps}", f"policy.max_step_tokens={args.max_step_tokens}",
-                 f"policy.sampling.seed={args.seed}"] + list(args.lrm)
+    base = ["task=arith_hard", "policy=tree", "search=beam", f"search.n={args.n}",
+            f"search.beam_width={args.width}", "reward=prm_token", f"runtime.seed={args.seed}"]
+    # A given override replaces the default of the same key (e.g. policy=hf).
+    given = {o.split("=", 1)[0] for o in args.lrm}
+    overrides = [o for o in base if o.split("=", 1)[0] not in given] + list(args.lrm)
+    # Set after the policy group is chosen (a group override resets its fields).
+    overrides += [f"search_run.max_steps={args.max_steps}", f"policy.max_step_tokens={args.max_step_tokens}"]
     if args.policy:
         overrides.append(f"policy.path={args.policy}")
     if args.prm:
@@ -317,7 +321,8 @@ def run_lrm(args, exs, task, threads, load0, date) -> int:
     c.policy.configure(step=task.step)
     ctx = SearchContext(policy=c.policy, step=task.step, prompt=task.prompt, reward=c.reward,
                         sampling=getattr(c.policy, "sampling", None), ops=c.kernels,
-                        aggregation=str(cfg.search_run.aggregation), max_steps=int(cfg.search_run.max_steps))
+                        aggregation=str(cfg.search_run.aggregation), max_steps=int(cfg.search_run.max_steps),
+                        seed=int(cfg.runtime.seed))
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         recs = run_search(c.search, ctx, [e.problem for e in exs], ResultsFile(Path(d) / "results.jsonl"),
@@ -341,7 +346,7 @@ def run_lrm(args, exs, task, threads, load0, date) -> int:
     out.update({"overrides": overrides, "n": args.n, "width": args.width, "seed": args.seed,
                 "tokens_computed": pol + prm, "policy_tokens_computed": pol, "prm_tokens_computed": prm,
                 "timings_s": {k: round(v, 2) for k, v in ctx.timings.items()}})
-    print(json.dumps(out))
+    emit(out)
     return 0
 
 

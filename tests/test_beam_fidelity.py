@@ -146,3 +146,21 @@ def test_beam_refuses_an_outcome_only_reward():
     with pytest.raises(UserError, match="search=beam ranks unfinished reasoning paths.*reward=orm"):
         check_reward_fits(BeamSearch(), OutcomeRM(ScriptedReward(w)))
     check_reward_fits(BeamSearch(), ScriptedReward(w))  # a step reward: fine
+
+
+def test_finished_beams_are_compared_at_the_live_aggregation():
+    # Every finished candidate's score is the min over its path's step scores, as live beams
+    # are ranked: a wrong path (0, 1, x) has last step 0.9 but min 0.2, so it never ties with
+    # the right one (0, 0, x) at 0.9 (it would under aggregation "last").
+    res, _, ctx = run()
+    w = ctx.policy.world
+    seen = set()
+    for c in res.candidates:
+        if c["answer"] == "right":
+            path = (0, 0, 0)
+        else:
+            path = tuple(int(d) for d in c["answer"][len("wrong"):])
+        seen.add(path[:2])
+        assert c["score"] == pytest.approx(min(w.score(path[:i]) for i in range(1, len(path) + 1)))
+    assert seen == {(0, 0), (0, 1)}
+    assert res.score == pytest.approx(0.9)

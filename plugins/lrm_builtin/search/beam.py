@@ -11,10 +11,12 @@ samples its favourite step most of the n times) are separate candidates, and wit
 n // beam_width places, so that prefix gets the n samples of the next step — search-and-learn's
 beam search (``filter_duplicates=False``). ``duplicates="drop"`` counts a repeated step once, so
 the places go to the next distinct (lower-scored) candidates and the best prefix gets only
-beam_width samples per step. On the embedded default (arith_hard, beam@16, width 4, 100 test
-problems, sampling seeds 0/1/2) keep scores 89/87/88% and drop 71/67/73% (bench/beam_peer.py,
-/work/notes/results_h2.md): the policy's errors concentrate on hard steps where one wrong
-string takes most of the probability, and 4 samples of the right prefix often all miss.
+beam_width samples per step, and a problem with fewer distinct candidates than places expands
+fewer than n (10.2 of 16 after the root). On the embedded default (arith_hard, beam@16, width
+4, the first 100 test problems, runtime.seed 0/1/2) keep scores 83/83/85% and drop 64/62/65%;
+the independent search-and-learn-style implementation (bench/beam_peer.py) 86/83/85%: the
+policy's errors concentrate on hard steps where one wrong string takes most of the
+probability, and 4 samples of the right prefix often all miss.
 
 ``stats`` (filled by every ``run``): per problem id, per step, the candidates scored
 (``sampled``), their distinct step strings (``distinct``), the candidates that finished
