@@ -374,7 +374,8 @@ class Pipeline:
         if prm.get("greedy_as_policy") is not None:
             w = self.outputs.get("warmup") or {}
             extra += (f"The PRM's model: initialised from the policy + {w.get('steps', 0)} warm-up "
-                      f"steps on clean solutions; readout: {self.cfg.prm_readout}.\n\n")
+                      f"steps on clean solutions; readout: {self.cfg.prm_readout}. The PRM's model "
+                      f"used as the policy (greedy): {100 * prm['greedy_as_policy']:.1f}%.\n\n")
         n_problems = int(self.outputs["sweep"]["problems"])
         found = findings(acc, n_problems, nmax, verifier_as_policy=prm.get("greedy_as_policy"),
                          step_auroc=prm.get("step_auroc"),
