@@ -311,6 +311,39 @@ def problems(cfg: DictConfig) -> Iterator[str]:
             yield from _values(node, key, key)
         else:
             yield from _leaf(cfg, key, key, key)
+    yield from _split_problems(cfg)
+
+
+# Fields that name a split of the selected task (checked against the task class's `splits`).
+SPLIT_FIELDS: tuple[str, ...] = ("search_run.split", "pipeline.eval_split")
+
+
+def _split_problems(cfg: DictConfig) -> Iterator[str]:
+    """A split field naming a split the selected task does not have."""
+    from omegaconf import OmegaConf
+
+    task = cfg.get("task")
+    if task is None or not isinstance(task.get("name"), str):
+        return
+    splits = _task_splits(task.name)
+    if not splits:
+        return
+    for path in SPLIT_FIELDS:
+        value = OmegaConf.select(cfg, path, default=None)
+        if value is not None and str(value) not in splits:
+            yield f"{path}={show(value)}: task {task.name} has no such split; splits: {', '.join(splits)}"
+
+
+def _task_splits(name: str) -> tuple[str, ...]:
+    """The ``splits`` a task's registered factory declares (empty: it declares none)."""
+    from lrm_engine.plugin_manager import registries
+
+    try:
+        splits = getattr(registries()["task"].get(name).factory, "splits", ())
+    except Exception:  # an unknown task is reported when it is built
+        return ()
+    ok = isinstance(splits, (tuple, list)) and all(isinstance(x, str) for x in splits)
+    return tuple(splits) if ok else ()
 
 
 def validate(cfg: DictConfig) -> None:
