@@ -100,11 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if "json" in flags:
             raise UsageError("--json is only for `lrm plugins`")
-        jobs = expand_multirun(overrides) if "multirun" in flags else [overrides]
-        for i, job in enumerate(jobs):
-            if len(jobs) > 1:
-                print(f"[multirun {i + 1}/{len(jobs)}] {' '.join(job)}", file=sys.stderr)
-            run_verb(verb, job)
+        if "multirun" in flags:
+            from lrm_engine.composition import compose
+            from lrm_engine.sweep import run_sweep
+
+            run_sweep(verb, expand_multirun(overrides), run_verb, compose)
+        else:
+            run_verb(verb, overrides)
         return 0
     except UsageError as e:
         print(f"lrm: {one_line(e)}" + (f"\n\n{USAGE}" if e.show_usage else ""), file=sys.stderr,

@@ -151,6 +151,9 @@ class RuntimeConfig:
     dtype: DType = DType.float32
     # Show progress bars on stderr.
     progress: bool = True
+    # Resume under another configuration: move the old results aside (<file>.replaced-<n>)
+    # and start afresh, instead of refusing (results are never resumed across configs).
+    overwrite: bool = False
 
 
 def store_core_schemas(config_store: ConfigStore) -> None:

@@ -234,7 +234,8 @@ class Pipeline:
 
         return SearchContext(policy=policy, reward=reward, step=self.task.step, prompt=self.task.prompt,
                              sampling=SamplingConfig(temperature=self.cfg.temperature, seed=self.seed),
-                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps)
+                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps,
+                             seed=self.seed)
 
     def stage_annotate(self, d: Path) -> dict:
         from lrm_builtin.annotators.mc_rollout import MCRolloutAnnotator
@@ -359,7 +360,7 @@ class Pipeline:
         return {"rows": rows, "problems": len(problems)}
 
     def stage_report(self, d: Path) -> dict:
-        from lrm_engine.report import markdown_table, write_report
+        from lrm_engine.report import findings, markdown_table, write_report
 
         rows = self.outputs["sweep"]["rows"]
         acc = {f"{r['search']}@{r['n']}" if r["search"] != "greedy" else "greedy": r["accuracy"] for r in rows}
@@ -378,13 +379,13 @@ class Pipeline:
                  f"steps up to the first error: {ev.get('error_step_auroc')})\n\n")
         if prm.get("greedy_as_policy") is not None:
             w = self.outputs.get("warmup") or {}
-            extra += (f"The PRM's model used as the policy (greedy): {100 * prm['greedy_as_policy']:.1f}% "
-                      f"(initialised from the policy + {w.get('steps', 0)} warm-up steps on clean "
-                      f"solutions; readout: {self.cfg.prm_readout}). The verifier knows more than the "
-                      f"policy: that is what search with it buys.\n\n")
-        if not math.isnan(gap):
-            extra += (f"gap closed by beam@{nmax}: (beam - greedy) / (pass@{nmax} - greedy) = "
-                      f"{gap:.3f}\n")
+            extra += (f"The PRM's model: initialised from the policy + {w.get('steps', 0)} warm-up "
+                      f"steps on clean solutions; readout: {self.cfg.prm_readout}.\n\n")
+        n_problems = int(self.outputs["sweep"]["problems"])
+        found = findings(acc, n_problems, nmax, verifier_as_policy=prm.get("greedy_as_policy"),
+                         step_auroc=prm.get("step_auroc"),
+                         position_auroc=ev.get("position_baseline_auroc"))
+        extra += "Findings (computed from the numbers above):\n\n" + "".join(f"- {f}\n" for f in found)
         title = f"Test-time scaling on {self.task_cfg.get('name', 'task')} ({self.outputs['sweep']['problems']} problems)"
         write_report(rows, d, title, extra=extra, columns=cols)
         # The run folder's top level carries the latest report, plot and results.

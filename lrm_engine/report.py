@@ -80,3 +80,56 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path, title: str
         text += "\n" + extra.strip() + "\n"
     (out / "report.md").write_text(text, encoding="utf-8")
     return out / "report.md"
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _se(p: float, q: float, n: int) -> float:
+    """Standard error of the difference of two accuracies measured on n problems each."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n + max(q * (1 - q), 0.0) / n) if n else math.nan
+
+
+def compare(name_a: str, a: float, name_b: str, b: float, n: int) -> str:
+    """One sentence comparing two accuracies on n problems, with its two-standard-error verdict."""
+    if any(math.isnan(x) for x in (a, b)) or not n:
+        return f"{name_a} vs {name_b}: not measured."
+    d, se = a - b, _se(a, b, n)
+    if abs(d) <= 2 * se:
+        verdict = f"within noise of {name_b}"
+    else:
+        verdict = f"{'above' if d > 0 else 'below'} {name_b}"
+    return (f"{name_a} ({100 * a:.1f}%) is {verdict} ({100 * b:.1f}%): {100 * d:+.1f} points, "
+            f"2 standard errors = {200 * se:.1f} points on {n} problems.")
+
+
+def findings(acc: dict[str, float], n_problems: int, nmax: int,
+             verifier_as_policy: float | None = None, step_auroc: float | None = None,
+             position_auroc: float | None = None) -> list[str]:
+    """The report's findings, each computed from the measured numbers (no fixed sentence).
+
+    acc: {"greedy": ..., "<search>@<n>": ...} accuracies on n_problems problems.
+    """
+    nan = math.nan
+    greedy = acc.get("greedy", nan)
+    out = []
+    for key in sorted(k for k in acc if k.endswith(f"@{nmax}") and not k.startswith("pass@")):
+        out.append(compare(key, acc[key], "greedy", greedy, n_problems))
+    ceiling = acc.get(f"pass@{nmax}", nan)
+    beam = acc.get(f"beam@{nmax}", nan)
+    if not math.isnan(ceiling + beam + greedy) and ceiling - greedy > 1e-9:
+        out.append(f"beam@{nmax} closes {(beam - greedy) / (ceiling - greedy):.2f} of the gap between "
+                   f"greedy ({100 * greedy:.1f}%) and pass@{nmax} ({100 * ceiling:.1f}%).")
+    if verifier_as_policy is not None:
+        out.append(compare("The PRM's model used greedily as the policy", float(verifier_as_policy),
+                           "the policy's greedy accuracy", greedy, n_problems)
+                   + (" A verifier that solves more problems than the policy knows more than it; "
+                      "part of what search with it gains is that knowledge."
+                      if verifier_as_policy - greedy > 2 * _se(verifier_as_policy, greedy, n_problems)
+                      else ""))
+    if step_auroc is not None and position_auroc is not None:
+        rel = "better than" if step_auroc > position_auroc + 0.02 else (
+            "no better than" if step_auroc >= position_auroc - 0.02 else "worse than")
+        out.append(f"The PRM ranks steps {rel} step position alone (step AUROC {step_auroc:.3f} vs "
+                   f"{position_auroc:.3f}).")
+    return out

@@ -205,7 +205,7 @@ def test_tree_writes_priors_tokens_and_text(tiny):
             assert int(tree.action_from_parent[b, c]) == a
             assert pol.arena(tree).node_tokens(tree, b, c).tolist() == res.tokens[p][a].tolist()
             assert int(res.length[p, a]) == len(res.tokens[p][a]) <= 3
-            assert pol.text(tree, b, c) == tok.decode(res.tokens[p][a].tolist())
+            assert pol.text(tree, b, c) == tok.decode(res.tokens[p][a].tolist(), skip_special_tokens=True)
     # Sum of logprobs is the model's own log-likelihood of the step given the prompt.
     b, n = res.nodes[0].tolist()
     c = int(res.children[0, 0])

@@ -42,9 +42,11 @@ def test_pinned_segments_are_never_evicted():
     st.put("b", seg(2), pin=True)
     st.put("c", seg(2))  # over budget: only "c" is evictable
     assert "a" in st and "b" in st and "c" not in st
+    assert st.counters.budget_overruns == 0
     st.pin(["a"])  # pin counts nest
     st.put("d", seg(2), pin=True)  # pinned set alone exceeds the budget: the store runs over
     assert st.bytes_resident == 3 * one
+    assert st.counters.budget_overruns == 1  # and says so (the search summary prints it)
     st.unpin(["a", "b", "d"])
     assert "a" in st and st.is_pinned("a")
     assert st.bytes_resident <= 2 * one

@@ -217,13 +217,14 @@ def test_null_path_is_lazy_with_a_clear_error(tmp_path, monkeypatch):
 
 def full_min_token_prob(model, runs, tag_len):
     """From scratch, full vocabulary: per step, the smallest p(token | prefix) over the step's
-    tokens before its trailing tag, its first included (1.0 when there is none)."""
+    tokens before its trailing tag, its first included; a step that is only the tag (an empty
+    step) keeps it: it is scored by the probability of emitting the tag at once."""
     ids = [x for r in runs for x in r]
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor(ids)[None]).logits[0].double(), -1)
     out, start = [], len(runs[0])
     for r in runs[1:]:
-        stop = start + len(r) - tag_len
+        stop = start + len(r) - (tag_len if len(r) > tag_len else 0)
         vals = [float(logp[t - 1, ids[t]]) for t in range(start, stop)]
         out.append(min(vals) if vals else 0.0)
         start += len(r)

@@ -31,6 +31,7 @@ FIELDS = {
     "token_length": (lambda b, n, a: (b, n), torch.int32),
     "num_nodes": (lambda b, n, a: (b,), torch.int32),
     "vvisit": (lambda b, n, a: (b, n), torch.int32),
+    "rng_key": (lambda b, n, a: (b, n), torch.int64),
 }
 
 

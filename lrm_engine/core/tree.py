@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from lrm_engine.core.rng import default_root_keys
+
 
 class TreeCapacityError(RuntimeError):
     """Raised when an expansion needs more node slots than the tree has."""
@@ -67,6 +69,9 @@ class BatchedTree:
     token_offset: torch.Tensor
     # token_length: [B, N] int32 — number of step tokens of the node (root: prompt length or 0).
     token_length: torch.Tensor
+    # rng_key: [B, N] int64 — counter-based key of the node's sampling stream (core/rng.py): the
+    # root's from (seed, problem id), a child's = child_key(parent's key, action); 0 = not set.
+    rng_key: torch.Tensor
     # num_nodes: [B] int32 — slots in use per tree (the next free slot).
     num_nodes: torch.Tensor
     # vvisit: [B, N] int32 — workspace of `select` (virtual visits); all zeros between calls.
@@ -111,9 +116,11 @@ class BatchedTree:
             terminal=torch.zeros((B, N), dtype=torch.bool, device=device),
             token_offset=torch.zeros((B, N), dtype=torch.int64, device=device),
             token_length=torch.zeros((B, N), **i32),
+            rng_key=torch.zeros((B, N), dtype=torch.int64, device=device),
             num_nodes=torch.ones((B,), **i32),
             vvisit=torch.zeros((B, N), **i32),
         )
+        tree.rng_key[:, cls.ROOT] = default_root_keys(B).to(device)
         if root_prior is None:
             tree.children_prior[:, cls.ROOT, :] = 1.0 / A
         else:

@@ -28,6 +28,17 @@ How one ``expand(tree, nodes, k, sampling)`` call runs:
 
 Sum of logprobs: under the model's own distribution (log-softmax of the raw logits,
 temperature 1), whatever the sampling warpers.
+
+Sampling is counter-based (lrm_engine/core/rng.py): a child's key is derived from its parent's
+key and its action, and its t-th token is drawn from ``uniform(mix(key ^ seed, t))``, so a
+problem's samples do not depend on the other problems of the batch, the batch size or a resume.
+
+Stopping guards: a child whose path reaches the model's context (``max_position_embeddings``)
+ends there (counter ``context_stops``), and a step whose text is empty apart from the delimiter
+ends its path (``empty_steps``): both are terminal, so no search can loop on them.
+
+Counters: every call's PER_TREE counts are also split by tree (``call.per_tree``), so that each
+problem's counts are exact whatever shares its batch.
 """
 
 from __future__ import annotations
@@ -41,8 +52,9 @@ from typing import Sequence
 import torch
 
 from lrm_engine.core.interfaces import StepConvention
+from lrm_engine.core.rng import child_key, mix
 from lrm_engine.core.tree import BatchedTree
-from lrm_engine.models.counters import ComputeCounters
+from lrm_engine.models.counters import ComputeCounters, TreeTally
 from lrm_engine.models.kv_layout import (build_prefix_cache, cache_kwarg, cache_segment,
                                          check_dynamic_cache, layout_rows, left_mask, output_cache)
 from lrm_engine.models.kv_store import KVSegment, KVStore
@@ -107,7 +119,9 @@ class HFPolicy:
         self.device = next(model.parameters()).device
         self.counters = ComputeCounters()  # running totals over every call
         self.store = KVStore.from_mb(kv_budget_mb, self.counters)
-        self._calls = 0
+        # Longest path (prompt + steps) the model can attend over; None = unknown.
+        ctx_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.context_length = int(ctx_len) if ctx_len else None
         self._keys = itertools.count()
         self._trees: dict[int, _TreeState] = {}
         # Stop conditions.
@@ -202,7 +216,8 @@ class HFPolicy:
         if not with_prompt:
             path = path[1:]
         ids = torch.cat([ar.node_tokens(tree, b, m) for m in path]) if path else torch.empty(0, dtype=torch.long)
-        return self.tokenizer.decode(ids.tolist())
+        # Special tokens (EOS, pad, end-of-turn) are not part of the solution's text.
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
     def release(self, tree: BatchedTree) -> None:
         """Forget a tree: drop its arena and its KV segments."""
@@ -233,9 +248,9 @@ class HFPolicy:
             tree.token_offset[b, BatchedTree.ROOT] = st.arena.append(t)
             tree.token_length[b, BatchedTree.ROOT] = len(ids)
             toks.append(t)
-        call = self._begin_call()
+        call = self._begin_call(tree)
         try:
-            segs = self._prefill([([], t, [len(t)]) for t in toks], call)
+            segs = self._prefill([([], t, [len(t)]) for t in toks], call, list(range(len(toks))))
             for b, s in enumerate(segs):
                 self.store.put((key, b, BatchedTree.ROOT), s[0])
         finally:
@@ -249,8 +264,9 @@ class HFPolicy:
         self.store.discard_where(lambda k: k[0] == key)
 
     # ------------------------------------------------------------ counters
-    def _begin_call(self) -> ComputeCounters:
+    def _begin_call(self, tree: BatchedTree) -> ComputeCounters:
         call = ComputeCounters(bytes_resident_peak=self.store.bytes_resident)
+        call.per_tree = TreeTally(tree.batch_size)
         self.store.counters = call
         return call
 
@@ -285,10 +301,11 @@ class HFPolicy:
         """A DynamicCache [R, H, lmax, D] per layer, each row's prefix right-aligned (left pads = 0)."""
         return build_prefix_cache(prefixes, plen, lmax, self.device)
 
-    def _prefill(self, items, call: ComputeCounters) -> list[list[KVSegment]]:
+    def _prefill(self, items, call: ComputeCounters, trees: list[int]) -> list[list[KVSegment]]:
         """Encode token runs on top of stored prefixes, one batched forward pass.
 
-        items: (prefix segments, new tokens [S] int64, split lengths summing to S) per row.
+        items: (prefix segments, new tokens [S] int64, split lengths summing to S) per row;
+        trees: the tree (b) of each row, for the per-tree counters.
         Returns per row one KVSegment per split, each with its next-token logits.
         """
         if not items:
@@ -303,6 +320,8 @@ class HFPolicy:
         logits, cache = self._forward(lay.ids, lay.mask, lay.pos, cache, keep)
         call.tokens_computed += sum(lay.lengths)
         call.forward_calls += 1
+        call.per_tree.add("tokens_computed", trees, lay.lengths)
+        call.per_tree.forward(trees)
         out = []
         for r, (_, _, splits) in enumerate(items):
             segs, o = [], 0
@@ -353,15 +372,13 @@ class HFPolicy:
         )
         if P == 0:
             return empty
-        call = self._begin_call()
-        gen = torch.Generator().manual_seed((int(sampling.seed) * 1_000_003 + self._calls) % (2**63))
-        self._calls += 1
+        call = self._begin_call(tree)
         pinned: list = []
         try:
             paths = [tree.path_to_root(b, n)[::-1] for b, n in pairs]
             self._ensure_prefixes(tree, st, pairs, paths, pinned, call)
             children = self._allocate(tree, pairs, k)
-            res = self._decode(tree, st, pairs, paths, children, k, sampling, gen, call)
+            res = self._decode(tree, st, pairs, paths, children, k, sampling, call)
         finally:
             self.store.unpin(pinned)
             self._end_call(call)
@@ -384,7 +401,9 @@ class HFPolicy:
         for (b, n), path in zip(pairs, paths):
             keys = [(st.key, b, m) for m in path]
             j = self.store.pin_resident_prefix(keys, pinned) - 1
-            call.tokens_reused += int(sum(int(lens[b, m]) for m in path[: j + 1]))
+            reused = int(sum(int(lens[b, m]) for m in path[: j + 1]))
+            call.tokens_reused += reused
+            call.per_tree.add("tokens_reused", [b], reused)
             if j < len(path) - 1:
                 redo.append((b, path, keys, j))
         if not redo:
@@ -397,8 +416,10 @@ class HFPolicy:
             toks = torch.cat([ar.node_tokens(tree, b, m) for m in rest])
             items.append((pre, toks, [int(lens[b, m]) for m in rest]))
         before = call.tokens_computed
-        segs = self._prefill(items, call)
+        rows_b = [b for b, _, _, _ in redo]
+        segs = self._prefill(items, call, rows_b)
         call.tokens_recomputed += call.tokens_computed - before
+        call.per_tree.add("tokens_recomputed", rows_b, [int(t.numel()) for _, t, _ in items])
         for (b, path, keys, j), ss in zip(redo, segs):
             for key, s in zip(keys[j + 1 :], ss):
                 self.store.put(key, s, pin=True)
@@ -426,6 +447,11 @@ class HFPolicy:
         for b, lst in enumerate(per_tree):
             for j, (p, _, a) in enumerate(lst):
                 children[p, a] = new[b, j]
+        # Each child's sampling key: from its parent's key and its action (core/rng.py).
+        pb = torch.tensor([b for b, _ in pairs], dtype=torch.long)
+        pn = torch.tensor([n for _, n in pairs], dtype=torch.long)
+        keys = child_key(tree.rng_key[pb, pn].cpu()[:, None], torch.arange(k, dtype=torch.int64)[None, :])
+        tree.rng_key[pb[:, None].expand(-1, k), children.long()] = keys.to(tree.rng_key.device)
         return children
 
     def _step_ends_in_delimiter(self, toks: list[int], last_is_delim: bool) -> bool:
@@ -442,7 +468,13 @@ class HFPolicy:
             return False
         return self.step.answer_prefix in self.tokenizer.decode(toks)
 
-    def _decode(self, tree, st, pairs, paths, children, k, sampling, gen, call) -> ExpandResult:
+    def _is_empty(self, toks: list[int]) -> bool:
+        """The step's text is empty once the delimiter and whitespace are removed."""
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        d = self.step.delimiter if self.step is not None else ""
+        return not (text.replace(d, "") if d else text).strip()
+
+    def _decode(self, tree, st, pairs, paths, children, k, sampling, call) -> ExpandResult:
         P = len(pairs)
         R = P * k
         prefixes = [[self.store.get((st.key, b, m)) for m in path] for (b, _), path in zip(pairs, paths)]
@@ -461,15 +493,22 @@ class HFPolicy:
         lp = torch.zeros(R, dtype=torch.float64)
         finished = torch.zeros(R, dtype=torch.bool)
         alive = torch.arange(R)  # global row of each batch row
+        # Row r = child (r // k, r % k): its tree, and its sampling stream (key ^ sampling seed).
+        row_b = torch.tensor([b for b, _ in pairs], dtype=torch.long).repeat_interleave(k)
+        row_key = mix(tree.rng_key[row_b, children.reshape(-1).long()].cpu(), int(sampling.seed))
+        # A row may grow until its path fills the model's context.
+        room = (torch.full((R,), self.max_step_tokens) if self.context_length is None else
+                (self.context_length - row_plen).clamp(min=1, max=self.max_step_tokens))
         t = 0
         while alive.numel():
-            x = sample(logits, sampling, gen)
+            x = sample(logits, sampling, keys=mix(row_key[alive], t))
             lp[alive] += torch.log_softmax(logits.float(), -1).gather(1, x[:, None]).squeeze(1).double()
             xs = x.tolist()
             is_eos = eos_mask[x]
             is_delim = delim_mask[x]
             term = torch.zeros(len(xs), dtype=torch.bool)
             ended = torch.zeros(len(xs), dtype=torch.bool)
+            rooms = room[alive].tolist()
             for i, r in enumerate(alive.tolist()):
                 toks[r].append(xs[i])
                 if bool(is_eos[i]):
@@ -477,8 +516,18 @@ class HFPolicy:
                 elif self._step_ends_in_delimiter(toks[r], bool(is_delim[i])):
                     ended[i] = True
                     term[i] = self._is_answer(toks[r])
-                elif len(toks[r]) >= self.max_step_tokens:
+                    if not term[i] and self._is_empty(toks[r]):
+                        term[i] = True  # an empty step ends the path
+                        call.empty_steps += 1
+                        call.per_tree.add("empty_steps", [int(row_b[r])], 1)
+                elif len(toks[r]) >= rooms[i]:
                     ended[i] = True
+                    if len(toks[r]) < self.max_step_tokens or (
+                            self.context_length is not None
+                            and int(row_plen[r]) + len(toks[r]) >= self.context_length):
+                        term[i] = True  # the path fills the model's context: it ends here
+                        call.context_stops += 1
+                        call.per_tree.add("context_stops", [int(row_b[r])], 1)
             finished[alive[term]] = True
             t += 1
             feed = ~term
@@ -494,6 +543,8 @@ class HFPolicy:
             logits = logits[:, -1]
             call.tokens_computed += len(alive)
             call.forward_calls += 1
+            call.per_tree.add("tokens_computed", row_b[alive], 1)
+            call.per_tree.forward(row_b[alive])
             if bool(ended.any()):
                 for i in ended.nonzero().squeeze(1).tolist():
                     r = int(alive[i])

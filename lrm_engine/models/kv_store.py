@@ -135,6 +135,8 @@ class KVStore:
             seg = self._segs.pop(key)
             self.bytes_resident -= seg.nbytes
             self.counters.evictions += 1
+        if self.bytes_resident > self.budget_bytes:  # what is left is pinned (in use this call)
+            self.counters.budget_overruns += 1
 
     def _note_peak(self) -> None:
         if self.bytes_resident > self.counters.bytes_resident_peak:

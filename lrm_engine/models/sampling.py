@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lrm_engine.core.rng import uniform
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -13,9 +15,10 @@ class SamplingConfig:
 
     greedy: argmax (temperature / top_p / top_k ignored) — reproduces ``generate(do_sample=False)``.
     temperature, top_k (0 = off), top_p (1.0 = off): the usual warpers, applied in that order
-    (as transformers does). seed: seeds one ``torch.Generator`` per ``expand`` call (mixed with
-    the call's ordinal in the policy, so a program re-run is reproducible while successive calls
-    draw different samples).
+    (as transformers does). seed: a stream selector mixed into every draw's key
+    (lrm_engine/core/rng.py: the key is a hash of the run's seed, the problem id, the path of
+    actions to the node and the token position), so that e.g. successive ReST-MCTS* iterations
+    or annotation passes draw other samples from the same problems.
     """
 
     temperature: float = 1.0
@@ -48,10 +51,23 @@ def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return x
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of [R, V] logits -> [R] int64."""
+def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None,
+           *, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of [R, V] logits -> [R] int64.
+
+    keys: [R] int64 — one counter-based key per row (lrm_engine/core/rng.py); row r's token is
+    the inverse CDF of the warped distribution at ``uniform(keys[r])``, so a row's draw depends
+    on its key and its logits only, never on the other rows. Without keys: ``torch.multinomial``
+    with ``generator``.
+    """
     logits = logits.float()
     if cfg.greedy:
         return logits.argmax(-1)
     probs = warp(logits, cfg).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if keys is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cdf = probs.double().cumsum(-1)
+    u = uniform(keys.to(torch.int64)) * cdf[:, -1]
+    # First index whose cumulative mass exceeds u: a zero-probability token is never chosen.
+    x = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1)
+    return x.clamp_max(probs.shape[-1] - 1)

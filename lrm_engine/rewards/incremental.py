@@ -30,7 +30,8 @@ Counters (``self.counters``, running totals; ``last_counters`` for the last call
 tokens_computed (roots, recomputed segments and new steps, tags included), tokens_reused
 (parent-prefix tokens read from the store, counted once per scored pair — a re-encoding PRM
 would encode them once per pair), tokens_recomputed, bytes_resident_peak, evictions,
-forward_calls.
+forward_calls; ``last_counters.per_tree`` splits the last call's by tree (exact per-problem
+counts).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Sequence
 
 import torch
 
-from lrm_engine.models.counters import ComputeCounters
+from lrm_engine.models.counters import ComputeCounters, TreeTally
 from lrm_engine.models.kv_store import KVStore
 from lrm_engine.rewards.prefix_cache import DecoderRunner
 from lrm_engine.rewards.step_tokens import StepTokenSource
@@ -187,6 +188,7 @@ class IncrementalPRM(ABC):
             return out
         st = self._state(tree, policy)
         call = ComputeCounters(bytes_resident_peak=self.store.bytes_resident)
+        self._tally = tally = TreeTally(tree.batch_size)
         before = ComputeCounters(**self.counters.as_dict())
         todo: list[int] = []
         for i, (b, n) in enumerate(pl):
@@ -217,6 +219,7 @@ class IncrementalPRM(ABC):
             if k != "bytes_resident_peak":
                 setattr(call, k, v - getattr(before, k))
         call.bytes_resident_peak = max(call.bytes_resident_peak, self.counters.bytes_resident_peak)
+        call.per_tree = tally
         self.last_counters = call
         return out
 
@@ -238,13 +241,16 @@ class IncrementalPRM(ABC):
             items.append((pre, torch.cat(toks), [int(t.numel()) for t in toks]))
         hidden, segs = self.runner.encode(items)
         self.counters.forward_calls += 1
+        self._tally.forward([b for b, _, _, _ in redo])
         for r, ((b, path, keys, j), (_, toks, splits), ss) in enumerate(zip(redo, items, segs)):
             self.counters.tokens_computed += int(toks.numel())
+            self._tally.add("tokens_computed", [b], int(toks.numel()))
             end = 0
             for x, key, seg, n in zip(path[j + 1 :], keys[j + 1 :], ss, splits):
                 end += n
                 if (b, x) in st.seen:
                     self.counters.tokens_recomputed += n
+                    self._tally.add("tokens_recomputed", [b], n)
                 st.seen.add((b, x))
                 self.store.put(key, seg, pin=True)
                 pinned.append(key)
@@ -264,9 +270,13 @@ class IncrementalPRM(ABC):
             items.append((pre, t, [int(t.numel())]))
             lens.append(int(t.numel()))
             self.counters.tokens_reused += sum(s.length for s in pre)
+            self._tally.add("tokens_reused", [b], sum(s.length for s in pre))
         hidden, segs = self.runner.encode(items)
         self.counters.forward_calls += 1
         self.counters.tokens_computed += sum(lens)
+        rows_b = [b for b, _ in rows]
+        self._tally.forward(rows_b)
+        self._tally.add("tokens_computed", rows_b, lens)
         R, smax, d = hidden.shape
         ids = torch.nn.utils.rnn.pad_sequence([t for _, t, _ in items], batch_first=True)
         ids = torch.nn.functional.pad(ids, (0, smax - ids.shape[1])).reshape(-1)  # row-major, like hidden
@@ -278,6 +288,7 @@ class IncrementalPRM(ABC):
         for r, ((b, n), ss) in enumerate(zip(rows, segs)):
             if (b, n) in st.seen:
                 self.counters.tokens_recomputed += ss[0].length
+                self._tally.add("tokens_recomputed", [b], ss[0].length)
             st.seen.add((b, n))
             if not bool(tree.terminal[b, n]):
                 self.store.put((st.key, b, n), ss[0])

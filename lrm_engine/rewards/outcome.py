@@ -28,6 +28,9 @@ class OutcomeRM:
     """Scores terminal nodes with an inner head; non-terminal nodes get ``nonterminal``."""
 
     name = "orm"
+    # Scores finished solutions only: SearchContext gives it terminal nodes, and searches that
+    # rank unfinished paths (uses_step_scores) refuse it.
+    scores_steps = False
 
     def __init__(self, inner, *, nonterminal: float = math.nan):
         self.inner = inner

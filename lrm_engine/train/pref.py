@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .checkpoint import save_model_quietly
 from .pref_data import PrefBatchSource, PrefDataset, PrefRecord
+from ..leakage import init_dir, problem_id, write_trained_on
 from .sft import _coerce, _run_model, _run_tokenizer
 from .trainer import TrainConfig, Trainer, TrainResult
 
@@ -40,9 +41,10 @@ class PrefDataConfig:
 def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective, model=None,
                model_size: str = "tiny", model_seed: int = 0, tokenizer=None,
                data: PrefDataConfig | Mapping | None = None, train: TrainConfig | Mapping | None = None,
-               data_info: Mapping[str, Any] | None = None,
+               data_info: Mapping[str, Any] | None = None, task_name: str = "unknown",
                callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = ()) -> TrainResult:
-    """Train a policy with a preference objective (see the module docstring)."""
+    """Train a policy with a preference objective (see the module docstring); ``task_name``
+    names the task the records' problems come from (lrm_engine/leakage.py)."""
     run_dir = Path(run_dir)
     data_cfg = _coerce(PrefDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
@@ -53,6 +55,7 @@ def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective,
                           completion_suffix=data_cfg.completion_suffix)
     source = PrefBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
                              shuffle=data_cfg.shuffle)
+    model_arg = model
     model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
                        max_length=data_cfg.max_length)
 
@@ -67,6 +70,7 @@ def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective,
     out = run_dir / "model"
     save_model_quietly(model, out)
     tokenizer.save_pretrained(str(out))
+    write_trained_on(out, task_name, [problem_id(r.meta) for r in records], init=init_dir(model_arg))
     result.model_dir = str(out)
     (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
                                                     indent=1))

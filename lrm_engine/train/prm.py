@@ -23,6 +23,7 @@ final-answer correctness. Results go to ``<run_dir>/eval.json``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..leakage import check_training_data, init_dir, problem_id, write_trained_on
 from ..metrics import auroc, binary_accuracy
 from .checkpoint import save_model_quietly
 from .prm_data import PRMBatchSource, PRMDataset, PRMRecord, collate_prm, tokenize_prm
@@ -258,6 +260,7 @@ def train_prm(
     """
     from ..objectives.prm import PRMObjective
     run_dir = Path(run_dir)
+    model_arg = model
     data_cfg = _coerce(PRMDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
     if step_tag is None:
@@ -294,16 +297,25 @@ def train_prm(
         "data_info": dict(data_info or {}),
     }, indent=1, default=str))
 
+    can_eval = task is not None and all(callable(getattr(task, n, None))
+                                        for n in ("noisy_solutions", "prefix_labels", "grade"))
+    if evaluate is not False and can_eval:  # the held-out problems must not be trained on
+        ev_cfg = PRMEvalConfig() if evaluate in (None, True) else _coerce(PRMEvalConfig, evaluate)
+        held = list(itertools.islice(task.examples(ev_cfg.split), ev_cfg.num_problems))
+        check_training_data("the PRM's training data", getattr(task, "name", "task"),
+                            [problem_id(r.meta) for r in records], ev_cfg.split,
+                            [ex.problem.id for ex in held])
+
     trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer, callbacks=callbacks)
     result = trainer.train()
     out = run_dir / "model"
     save_model_quietly(model, out)
     tokenizer.save_pretrained(str(out))
     write_prm_config(out, objective, tokenizer, step_tag)
+    write_trained_on(out, getattr(task, "name", None) or "unknown",
+                     [problem_id(r.meta) for r in records], init=init_dir(model_arg))
     result.model_dir = str(out)
 
-    can_eval = task is not None and all(callable(getattr(task, n, None))
-                                        for n in ("noisy_solutions", "prefix_labels", "grade"))
     if evaluate is not False and can_eval:
         ev = evaluate_prm_on_task(model, tokenizer, task, good_token_id=objective.good_token_id,
                                   bad_token_id=objective.bad_token_id,

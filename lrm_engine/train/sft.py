@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..leakage import init_dir, problem_id, write_trained_on
 from .checkpoint import save_model_quietly
 from .data import SFTBatchSource, SFTDataset, SFTExample, sft_examples_from_task
 from .trainer import TrainConfig, Trainer, TrainResult
@@ -126,6 +127,7 @@ def train_sft(
     - ``data`` / ``train``: :class:`SFTDataConfig` / :class:`TrainConfig` or plain dicts.
     """
     run_dir = Path(run_dir)
+    model_arg = model
     data_cfg = _coerce(SFTDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,8 @@ def train_sft(
     out = run_dir / "model"
     save_model_quietly(model, out)
     tokenizer.save_pretrained(str(out))
+    write_trained_on(out, getattr(task, "name", None) or "unknown",
+                     [problem_id(e.meta) for e in examples], init=init_dir(model_arg))
     result.model_dir = str(out)
     (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]}, indent=1))
     return result

@@ -43,12 +43,13 @@ def unavailable(cfg: DictConfig, components: Components) -> str | None:
 
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     from lrm_engine.core.engine import SearchContext
-    from lrm_engine.core.results import ResultsFile
+    from lrm_engine.core.results import ResultsFile, claim
+    from lrm_engine.fingerprint import fingerprint
     from lrm_engine.verbs.search import settings
 
     task, policy, annotator = components.task, components.policy, components.annotator
-    s = settings(cfg)
-    split = s["split"] if cfg.get("search_run") is not None and "split" in cfg.search_run else "train"
+    s = settings(cfg, default_split="train")
+    split = s["split"]
     input_errors: list[str] = []
     input_file = getattr(annotator, "input_file", None)
     if input_file:  # problems from a JSONL file instead of the task's split (malformed lines counted)
@@ -61,14 +62,19 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         policy.configure(step=task.step)
     ctx = SearchContext(policy=policy, step=task.step, prompt=task.prompt,
                         sampling=getattr(policy, "sampling", None), ops=components.kernels,
-                        max_steps=int(s["max_steps"]))
+                        max_steps=int(s["max_steps"]), seed=int(cfg.runtime.seed))
     out_dir = Path(str(cfg.runtime.output_dir))
     # The annotator picks its output: PRM (prm.jsonl), DPO (pairs.jsonl) or SFT (journey.jsonl).
     fmt = str(getattr(annotator, "output_format", "prm"))
+    # Results of another configuration are never resumed (lrm_engine/fingerprint.py).
+    fp = fingerprint(cfg, "annotate", {"search_run.split": split})
+    overwrite = bool(cfg.runtime.get("overwrite", False))
     if callable(getattr(annotator, "open_output", None)):
+        claim(out_dir / str(annotator.output_file), fp, overwrite,
+              companions=(".bad", ".done", ".done.bad"))
         out = annotator.open_output(out_dir)
     else:
-        out = ResultsFile(out_dir / "prm.jsonl")
+        out = ResultsFile(out_dir / "prm.jsonl", fingerprint=fp, overwrite=overwrite)
     t0 = time.perf_counter()
     recs = annotator.annotate(ctx, examples, task.grade, out, batch_size=int(s["batch_size"]),
                               progress=bool(cfg.runtime.get("progress", True)))

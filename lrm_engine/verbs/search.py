@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from lrm_engine.components import Components
 
 # Defaults of the ``search_run`` config node (used when the node is absent).
-SEARCH_RUN_DEFAULTS = {"split": "test", "limit": None, "batch_size": 8, "max_steps": 12,
+SEARCH_RUN_DEFAULTS = {"split": None, "limit": None, "batch_size": 8, "max_steps": 12,
                        "aggregation": "min"}
 # Defaults of the ``export`` config node (used when the node is absent).
 EXPORT_DEFAULTS = {"tree": "none", "path": None}
@@ -46,8 +46,8 @@ EXPORT_DEFAULTS = {"tree": "none", "path": None}
 class GradedResults(ResultsFile):
     """results.jsonl whose records are graded against the references as they are appended."""
 
-    def __init__(self, path, examples: Mapping[str, Any], task):
-        super().__init__(path)
+    def __init__(self, path, examples: Mapping[str, Any], task, fingerprint=None, overwrite=False):
+        super().__init__(path, fingerprint=fingerprint, overwrite=overwrite)
         self.examples = examples
         self.task = task
         # The records of the last append (graded), for per-batch metrics.
@@ -66,13 +66,28 @@ class GradedResults(ResultsFile):
         super().append(graded)
 
 
-def settings(cfg: DictConfig) -> dict[str, Any]:
+def settings(cfg: DictConfig, default_split: str = "test") -> dict[str, Any]:
+    """The ``search_run`` node; a null split is the verb's ``default_split``."""
     from omegaconf import OmegaConf
 
     node = cfg.get("search_run")
     out = dict(SEARCH_RUN_DEFAULTS)
     if node is not None:
         out.update(OmegaConf.to_container(node, resolve=True))
+    if out["split"] is None:
+        out["split"] = default_split
+    return out
+
+
+def model_dirs(cfg: DictConfig) -> dict[str, str | None]:
+    """``{"policy.path": dir, "reward.path": dir}`` of the selected models (null: the defaults)."""
+    from lrm_engine.default_models import default_model_dir
+
+    out: dict[str, str | None] = {}
+    for group, kind in (("policy", "policy"), ("reward", "prm")):
+        node = cfg.get(group)
+        if node is not None and "path" in node:
+            out[f"{group}.path"] = str(node.path) if node.path is not None else str(default_model_dir(kind))
     return out
 
 
@@ -144,6 +159,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     from lrm_engine.core.engine import SearchContext, run_search
+    from lrm_engine.fingerprint import fingerprint
+    from lrm_engine.leakage import check_models
     from lrm_engine.plugin_manager import get_plugin_manager
 
     task, policy, reward, search = components.task, components.policy, components.reward, components.search
@@ -153,6 +170,8 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     if s["limit"] is not None:
         examples = examples[: int(s["limit"])]
     by_id = {str(ex.problem.id): ex for ex in examples}
+    check_models(model_dirs(cfg), str(cfg.task.name) if cfg.get("task") is not None else "task",
+                 s["split"], by_id)
     # The task's step convention drives the policy's stop strings and final-answer detection.
     if callable(getattr(policy, "configure", None)):
         policy.configure(step=task.step)
@@ -162,10 +181,11 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         policy=policy, step=task.step, prompt=task.prompt, reward=reward,
         sampling=getattr(policy, "sampling", None), ops=components.kernels,
         aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
-        export_trees=ex["tree"] != "none",
+        export_trees=ex["tree"] != "none", seed=int(cfg.runtime.seed),
     )
     out_dir = Path(str(cfg.runtime.output_dir))
-    results = GradedResults(out_dir / "results.jsonl", by_id, task)
+    results = GradedResults(out_dir / "results.jsonl", by_id, task, fingerprint=fingerprint(cfg, "search", {"search_run.split": s["split"]}),
+                            overwrite=bool(cfg.runtime.get("overwrite", False)))
     resumed = sum(1 for i in by_id if results.done(i))
     pm = get_plugin_manager()
     it = [0]
@@ -196,6 +216,9 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     trees = write_trees(records, out_dir, ex, title=f"lrm search: {summary['search']} on {summary['task']}")
     if trees is not None:
         summary["trees"] = str(trees)
+    notes = run_notes(summary["counters"], results.bad_lines)
+    if notes:
+        summary["notes"] = notes
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(
         f"lrm search: {summary['correct']}/{summary['problems']} correct "
@@ -204,4 +227,32 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         f"reused {summary['tokens_reused']} (policy {summary['policy_tokens_reused']}, "
         f"PRM {summary['reward_tokens_reused']}); {resumed} resumed; {wall:.1f}s -> {out_dir}"
     )
+    for note in notes:
+        print(f"lrm search: note: {note}")
     return summary
+
+
+def run_notes(counters: Mapping[str, int], bad_lines: int = 0) -> list[str]:
+    """One line per thing that went differently from a plain run, from the counters."""
+    c = counters
+    notes = []
+    for who in ("policy", "reward"):
+        n = c.get(f"{who}_budget_overruns", 0)
+        if n:
+            peak = c.get(f"{who}_bytes_resident_peak", 0) / 2**20
+            notes.append(f"the {who}'s pinned KV segments exceeded {who}.kv_budget_mb {n} time(s) "
+                         f"(peak {peak:.1f} MiB): raise it or lower search_run.batch_size")
+    if c.get("policy_context_stops"):
+        notes.append(f"{c['policy_context_stops']} step(s) were cut where the path filled the "
+                     f"model's context (those paths end unanswered)")
+    if c.get("policy_empty_steps"):
+        notes.append(f"{c['policy_empty_steps']} empty step(s) ended their paths")
+    if c.get("reward_nonfinite_scores"):
+        notes.append(f"{c['reward_nonfinite_scores']} non-finite step score(s) from the reward "
+                     f"model were counted as 0.0")
+    if c.get("reward_judge_unparseable"):
+        notes.append(f"{c['reward_judge_unparseable']} of {c.get('reward_judge_judged', 0)} judge "
+                     f"verdicts were unparseable (scored neutral)")
+    if bad_lines:
+        notes.append(f"{bad_lines} unreadable line(s) of results.jsonl were moved to results.jsonl.bad")
+    return notes

@@ -254,7 +254,7 @@ def recipe_pref(cfg: DictConfig, components: Components, run_dir: Path) -> dict[
     result = train_pref(run_dir, records=report.records, objective=obj,
                         model=o.model.init or None, model_size=o.model.size,
                         model_seed=o.model.seed, data=data, train=_train_config(cfg),
-                        data_info=info, callbacks=[_hook_callback()])
+                        data_info=info, task_name=str(cfg.task.name), callbacks=[_hook_callback()])
     out = _summary(str(o.name), str(cfg.task.name), result)
     out["data"] = {k: v for k, v in info.items() if k != "errors"}
     return out

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from lrm_engine.core.interfaces import Example, Problem
-from lrm_engine.core.results import ResultsFile
+from lrm_engine.core.results import BadLine, ResultsFile, scan_jsonl, set_aside
 from lrm_engine.core.tree import BatchedTree
 
 log = logging.getLogger("lrm_engine.annotate")
@@ -131,28 +131,22 @@ class GroupedOutput:
             self._load()
 
     def _load(self) -> None:
-        raw = self.path.read_text(encoding="utf-8")
-        good = []
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith("\n"):
-                self.dropped_on_open += 1
-                break  # torn last line
-            try:
-                rec = json.loads(line)
-                key, pid = str(rec["id"]), str(rec["problem_id"])
-            except (ValueError, KeyError, TypeError):
-                self.dropped_on_open += 1
+        """Keep the records of finished problems; lines that are not records go to ``.bad``
+        (lrm_engine/core/results.py); records of a problem the ledger does not list as finished
+        are dropped (it is annotated again, drawing the same samples)."""
+        scan = scan_jsonl(self.path)
+        keep = []
+        for rec, line, no in zip(scan.records, scan.lines, scan.linenos):
+            if "problem_id" not in rec:
+                scan.bad.append(BadLine(no, line.rstrip(b"\n"), 'no "problem_id"'))
                 continue
-            if not self.ledger.done(pid) or key in self._records:
-                self.dropped_on_open += 1  # its problem never finished (or a duplicate)
+            if not self.ledger.done(str(rec["problem_id"])):
+                self.dropped_on_open += 1  # its problem never finished
                 continue
-            self._records[key] = rec
-            good.append(line)
-        kept = "".join(good)
-        if kept != raw:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(kept, encoding="utf-8")
-            os.replace(tmp, self.path)
+            self._records[str(rec["id"])] = rec
+            keep.append(line)
+        self.dropped_on_open += len(scan.bad) + (scan.torn is not None)
+        set_aside(self.path, scan, keep)
 
     def done(self, problem_id: str) -> bool:
         return self.ledger.done(problem_id)
@@ -266,6 +260,9 @@ def probe(ctx, jobs: Sequence[tuple[Example, tuple[str, ...]]], fanout: Sequence
     width = math.prod(fanout)
     cap = 2 + sum(math.prod(fanout[: i + 1]) for i in range(len(fanout))) + width * ctx.max_steps
     tree = BatchedTree.empty(B, cap, A)
+    # Each job's sampling stream: its problem and its prefix (independent of the batch).
+    ctx.start_tree(tree, [f"{ex.problem.id}|{len(prefix)}|{ctx.step.join_steps(prefix)}"
+                          for ex, prefix in jobs], count=False)
     ctx.policy.init_roots(tree, prompts)
     ctx.ops.backup(tree, torch.zeros((B, 1), dtype=torch.int32), torch.zeros((B, 1)), None, 1.0)
     ar = torch.arange(B)

@@ -31,6 +31,8 @@ class DVTSSearch:
     # Final answer among the subtrees' solutions: best | majority | weighted.
     choice: str = "best"
     name: str = "dvts"
+    # Ranks unfinished paths by step scores (an outcome-only reward is refused).
+    uses_step_scores = True
 
     def __post_init__(self):
         check_choice(self.choice)

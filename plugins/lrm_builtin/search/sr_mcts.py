@@ -52,12 +52,17 @@ REWRITE_TEMPLATE = (
 )
 
 
-def generate_texts(ctx, prompts: list[str], max_steps: int) -> list[str]:
-    """One chain per prompt, step by step (one policy call per step for all prompts)."""
+def generate_texts(ctx, prompts: list[str], max_steps: int, streams: list[str]) -> list[str]:
+    """One chain per prompt, step by step (one policy call per step for all prompts).
+
+    streams[i]: what prompt i is for (e.g. ``"<problem id>|rewrite|3"``), the key of its
+    sampling stream (SearchContext.start_tree), so draws do not depend on the batch.
+    """
     if not prompts:
         return []
     B = len(prompts)
     tree = BatchedTree.empty(B, 1 + max(1, max_steps), 1)
+    ctx.start_tree(tree, streams, count=False)
     ctx.policy.init_roots(tree, prompts)
     ar = torch.arange(B)
     frontier = torch.zeros((B, 1), dtype=torch.int32)
@@ -182,7 +187,9 @@ class SRMCTSSearch:
                 self._evaluate(trees[b], prefs[b], reward)
 
         # 1. initial solutions (roots)
-        init = generate_texts(ctx, [base[b] for b in range(B) for _ in range(self.init_solutions)], ctx.max_steps)
+        ids = [str(p.id) for p in problems]
+        init = generate_texts(ctx, [base[b] for b in range(B) for _ in range(self.init_solutions)], ctx.max_steps,
+                              [f"{ids[b]}|init|{j}" for b in range(B) for j in range(self.init_solutions)])
         new = []
         for r, text in enumerate(init):
             b = r // self.init_solutions
@@ -190,14 +197,14 @@ class SRMCTSSearch:
             new.append((b, len(trees[b]) - 1))
         judge(new)
         # 2-5. select, critique, rewrite, evaluate, back up
-        for _ in range(self.iterations):
+        for it in range(self.iterations):
             sel = [self._select(trees[b]) for b in range(B)]
             crit = generate_texts(ctx, [self.critique_template.format(prompt=base[b], solution=trees[b][sel[b]].text,
                                                                       question=questions[b]) for b in range(B)],
-                                  self.critique_steps)
+                                  self.critique_steps, [f"{ids[b]}|critique|{it}" for b in range(B)])
             rew = generate_texts(ctx, [self.rewrite_template.format(prompt=base[b], solution=trees[b][sel[b]].text,
                                                                     critique=crit[b], question=questions[b])
-                                       for b in range(B)], ctx.max_steps)
+                                       for b in range(B)], ctx.max_steps, [f"{ids[b]}|rewrite|{it}" for b in range(B)])
             new = []
             for b in range(B):
                 add(b, rew[b], sel[b])

@@ -34,6 +34,8 @@ class ToTBFSSearch:
     # Final answer among finished solutions: best | majority | weighted.
     choice: str = "best"
     name: str = "tot_bfs"
+    # Ranks unfinished paths by step scores (an outcome-only reward is refused).
+    uses_step_scores = True
 
     def __post_init__(self):
         check_choice(self.choice)

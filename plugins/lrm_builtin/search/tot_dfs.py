@@ -40,6 +40,8 @@ class ToTDFSSearch:
     # Final answer among the solutions found: best | majority | weighted.
     choice: str = "best"
     name: str = "tot_dfs"
+    # Ranks unfinished paths by step scores (an outcome-only reward is refused).
+    uses_step_scores = True
 
     def __post_init__(self):
         check_choice(self.choice)
