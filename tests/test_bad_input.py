@@ -210,3 +210,161 @@ def test_processbench_predictions_that_are_missing(tmp_path):
     r = lrm("evaluate", "task=processbench", f"task.predictions={tmp_path / 'p.jsonl'}",
             f"runtime.output_dir={tmp_path / 'o'}")
     assert_one_line(r, "processbench: predictions file not found")
+
+
+# --------------------------------------------------------------------- data files (in process)
+#
+# One line that is not UTF-8 text (a binary blob, a Latin-1 line) in a data file is skipped,
+# counted and reported as `file:line: not UTF-8 text (...)`, like a malformed JSON line; the
+# good lines around it are all kept.
+
+BINARY_LINE = b"\x00\xff\xfe\x9c binary \x80\n"
+LATIN1_LINE = '{"question": "caf\xe9?", "answer": "#### 1"}\n'.encode("latin-1")
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def test_read_lines_reports_undecodable_lines_and_drops_a_bom(tmp_path):
+    from lrm_engine.textlines import read_lines
+
+    f = _write_lines(tmp_path / "x.txt", ["\ufeffa\n".encode(), BINARY_LINE, b"c"])
+    assert list(read_lines(f)) == [(1, "a\n", None),
+                                   (2, None, "not UTF-8 text (byte 0xff at column 2)"),
+                                   (3, "c", None)]
+
+
+def test_gsm8k_split_with_binary_lines(tmp_path, caplog):
+    import logging
+
+    from lrm_builtin.tasks import Gsm8kTask
+
+    good = json.dumps({"question": "1+1?", "answer": "1+1=2\n#### 2"}).encode() + b"\n"
+    f = _write_lines(tmp_path / "gsm8k" / "test.jsonl", [good, BINARY_LINE, LATIN1_LINE, good])
+    t = Gsm8kTask(path=str(tmp_path / "gsm8k"))
+    with caplog.at_level(logging.WARNING, logger="lrm_engine.tasks"):
+        exs = list(t.examples("test"))
+    assert [e.problem.id for e in exs] == ["gsm8k-test-0", "gsm8k-test-3"]
+    assert t.skipped_lines == 2
+    assert [(ln, why) for _, ln, why in t._stats["test"].skipped] == [
+        (2, "not UTF-8 text (byte 0xff at column 2)"),
+        (3, "not UTF-8 text (byte 0xe9 at column 18)")]
+    assert f"{f}:2: skipped malformed line: not UTF-8 text" in caplog.text
+    assert f"{f}:3: skipped malformed line: not UTF-8 text" in caplog.text
+
+
+def test_prm_jsonl_with_a_binary_line(tmp_path):
+    from lrm_engine.train.prm_data import load_prm_jsonl
+
+    good = json.dumps({"prompt": "1+2=\n", "completions": ["1+2=3", "Answer: 3"],
+                       "labels": [True, True]}).encode() + b"\n"
+    f = _write_lines(tmp_path / "prm.jsonl", [good, BINARY_LINE, good])
+    rep = load_prm_jsonl(f)
+    assert len(rep.records) == 2 and rep.skipped == 1
+    assert rep.errors == [f"{f}:2: not UTF-8 text (byte 0xff at column 2)"]
+
+
+def test_processbench_predictions_with_a_binary_line(tmp_path, caplog):
+    import logging
+
+    from lrm_builtin.tasks.processbench import ProcessBenchTask
+
+    f = _write_lines(tmp_path / "p.jsonl", [b'{"id": "gsm8k-0", "prediction": -1}\n', BINARY_LINE,
+                                            b'{"id": "gsm8k-1", "prediction": 2}\n'])
+    t = ProcessBenchTask(subsets=["gsm8k"])
+    with caplog.at_level(logging.WARNING, logger="lrm_engine.tasks"):
+        preds = t.read_predictions(f)
+    assert preds == {"gsm8k-0": -1, "gsm8k-1": 2}
+    assert t.skipped_lines == 1 and f"{f}:2: skipped malformed line: not UTF-8 text" in caplog.text
+
+
+def test_annotate_input_file_with_a_binary_line(tmp_path):
+    from lrm_builtin.annotators.omegaprm import OmegaPRMAnnotator
+    from lrm_engine.verbs.annotate import read_input_file
+
+    bad_question = '{"id": "b", "question": "caf\xe9"}\n'.encode("latin-1")
+    f = _write_lines(tmp_path / "in.jsonl", [b'{"id": "a", "question": "qa", "reference": "1"}\n',
+                                             bad_question, BINARY_LINE,
+                                             b'{"id": "c", "question": "qc", "reference": "2"}\n'])
+    ann = OmegaPRMAnnotator(num_rollouts=3, input_file=str(f))
+    exs, errors = read_input_file(ann)
+    assert [e.problem.id for e in exs] == ["a", "c"]  # "b" is not kept with mangled text
+    assert sorted(errors) == [f"{f}:2: not UTF-8 text (byte 0xe9 at column 29)",
+                              f"{f}:3: not UTF-8 text (byte 0xff at column 2)"]
+    assert ann.stats["malformed_input"] == 2
+
+
+# --------------------------------------------------------------------- model output (graders)
+#
+# Grading never raises on what a model wrote: a number past Python's 4,300-digit int(str) limit
+# is graded wrong (counted), the warning shows the text cut, and an answer followed by an
+# end-of-turn token is read as the answer.
+
+HUGE = "9" * 5000  # int(HUGE) raises ValueError (sys.get_int_max_str_digits() == 4300)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_task(tmp_path_factory):
+    from lrm_builtin.tasks import Gsm8kTask
+
+    d = tmp_path_factory.mktemp("g") / "gsm8k"
+    _write_lines(d / "test.jsonl", [json.dumps({"question": "Q?", "answer": "9+9=18\n#### 18"}).encode()])
+    t = Gsm8kTask(path=str(d))
+    return t, next(iter(t.examples("test")))
+
+
+@pytest.fixture(scope="module")
+def math_task(tmp_path_factory):
+    from lrm_builtin.tasks import Math500Task
+
+    d = tmp_path_factory.mktemp("m") / "math500"
+    _write_lines(d / "test.jsonl", [json.dumps({"problem": "Q?", "solution": "so \\boxed{\\frac{1}{2}}",
+                                                "answer": "\\frac{1}{2}", "unique_id": "u1"}).encode()])
+    t = Math500Task(path=str(d))
+    return t, next(iter(t.examples("test")))
+
+
+@pytest.mark.parametrize("end", ["<|im_end|>", "<eos>", "</s>", "<|eot_id|>", "<|endoftext|>"])
+def test_an_answer_before_an_end_of_turn_token_is_graded_right(gsm8k_task, math_task, end):
+    from lrm_builtin.tasks import ArithTask
+
+    t, ex = gsm8k_task
+    assert t.grade(ex, f"9+9=18\nThe answer is: 18{end}")
+    assert t.grade(ex, f"9+9=18\n#### 18{end}")
+    assert not t.grade(ex, f"9+9=17\n#### 17{end}")
+    m, mex = math_task
+    assert m.grade(mex, f"The answer is: \\frac{{1}}{{2}}{end}")
+    assert m.grade(mex, f"so \\boxed{{0.5}}{end}")
+    a = ArithTask(num_test=1, seed=0)
+    aex = next(iter(a.examples("test")))
+    assert a.grade(aex, f"{aex.solution_steps[-1]}{end}")
+    assert a.step_labels(aex, list(aex.solution_steps[:-1]) + [aex.solution_steps[-1] + end])[-1]
+
+
+def test_a_number_past_the_int_digit_limit_is_graded_wrong_not_raised(gsm8k_task, math_task, caplog):
+    import logging
+
+    from lrm_builtin.tasks import ArithTask
+    from lrm_builtin.tasks.grading import grading_issues, math_equal, math_equal_many
+
+    with pytest.raises(ValueError):  # what the graders used to hit
+        int(HUGE)
+    before = grading_issues().get("too_long", 0)
+    t, ex = gsm8k_task
+    m, mex = math_task
+    a = ArithTask(num_test=1, seed=0)
+    aex = next(iter(a.examples("test")))
+    with caplog.at_level(logging.WARNING, logger="lrm_engine.tasks"):
+        assert t.grade(ex, f"#### {HUGE}") is False
+        assert t.grade(ex, f"The answer is {HUGE}<|im_end|>") is False
+        assert m.grade(mex, f"\\boxed{{{HUGE}}}") is False
+        assert math_equal(HUGE, HUGE) is False and math_equal_many([(HUGE, "18"), ("18", "18")]) == [False, True]
+        assert a.grade(aex, f"Answer: {HUGE}") is False
+        assert a.step_labels(aex, [f"1+2={HUGE}"]) == [False]
+    assert grading_issues()["too_long"] - before == 5  # gsm8k x2, math, math_equal, math_equal_many
+    warned = [r.getMessage() for r in caplog.records if "graded wrong without parsing" in r.getMessage()]
+    assert len(warned) == 5
+    assert all(len(w) < 400 and "(5000 chars)" in w for w in warned)  # the text is cut
