@@ -20,7 +20,8 @@ is refused here instead of inside the factory. Every float field must be finite.
 
 The components' own ``__post_init__`` checks stay as a second line of defence. What can only
 be known when things are built (CUDA present, output folder writable, model files readable)
-is checked by :func:`check_runtime` and lrm_engine/models/loading.py.
+(and the split fields, against the installed task) is checked by :func:`check_runtime` and
+lrm_engine/models/loading.py.
 """
 
 from __future__ import annotations
@@ -195,7 +196,9 @@ FIELD_RULES: dict[str, Rule] = {
 }
 
 # (group, field) -> rule; takes precedence over FIELD_RULES. The group is the first part of the
-# field's path (``search``, ``policy``, ``search_run``, ``pipeline``, ...).
+# field's path (``search``, ``policy``, ``search_run``, ``pipeline``, ...). (`lrm run`'s
+# ``stage``, ``pipeline.annotate_completer`` and ``pipeline.prm_readout`` are checked by
+# lrm_engine/pipeline.py when the run starts, before any stage.)
 GROUP_RULES: dict[tuple[str, str], Rule] = {
     ("runtime", "device"): OneOf("auto", "cpu", "cuda"),
     ("runtime", "output_dir"): Rule("path"),
@@ -247,19 +250,15 @@ GROUP_RULES: dict[tuple[str, str], Rule] = {
     ("pipeline", "sft_lr"): Num(gt=0),
     ("pipeline", "annotate_problems"): POSITIVE,
     ("pipeline", "annotate_rollouts"): POSITIVE,
-    ("pipeline", "annotate_completer"): OneOf("warmup", "policy"),
     ("pipeline", "prm_warmup_steps"): COUNT,
     ("pipeline", "prm_warmup_lr"): Num(gt=0),
     ("pipeline", "prm_steps"): POSITIVE,
     ("pipeline", "prm_batch"): POSITIVE,
     ("pipeline", "prm_lr"): Num(gt=0),
-    ("pipeline", "prm_readout"): OneOf("tag", "likelihood"),
     ("pipeline", "prm_eval_problems"): POSITIVE,
     ("pipeline", "searches"): Rule("list", item=OneOf("greedy", "majority", "best_of_n", "beam")),
     ("pipeline", "sweep_n"): Rule("list", item=POSITIVE),
     ("pipeline", "search_batch"): POSITIVE,
-    # the top-level `stage` knob of `lrm run` (its path is its group)
-    ("stage", "stage"): OneOf("sft", "warmup", "annotate", "prm", "sweep", "report", null=True),
 }
 
 # (group, low field, high field): in a node that has both, low <= high.
@@ -311,7 +310,6 @@ def problems(cfg: DictConfig) -> Iterator[str]:
             yield from _values(node, key, key)
         else:
             yield from _leaf(cfg, key, key, key)
-    yield from _split_problems(cfg)
 
 
 # Fields that name a split of the selected task (checked against the task class's `splits`).
@@ -319,7 +317,8 @@ SPLIT_FIELDS: tuple[str, ...] = ("search_run.split", "pipeline.eval_split")
 
 
 def _split_problems(cfg: DictConfig) -> Iterator[str]:
-    """A split field naming a split the selected task does not have."""
+    """A split field naming a split the selected task does not have (checked by check_runtime:
+    a composed config may name a split that a task of another plugin version has)."""
     from omegaconf import OmegaConf
 
     task = cfg.get("task")
@@ -454,13 +453,16 @@ def _allowed_keys(node: DictConfig, kind: str | None) -> dict[str, None] | None:
 
 
 def check_runtime(cfg: DictConfig) -> None:
-    """What only the machine can tell: the devices asked for exist, the output folder is writable.
+    """What only the machine can tell: the devices asked for exist, the output folder is
+    writable, the split fields name splits of the installed task.
 
     Raises :class:`~lrm_engine.errors.UserError` with one line. Called by the verbs that run
     (not by ``compose``: a config for another machine composes anywhere).
     """
     from lrm_engine.errors import UserError
 
+    for line in _split_problems(cfg):
+        raise UserError(line)
     rt = cfg.get("runtime")
     if rt is not None:
         device = str(getattr(rt.get("device"), "value", rt.get("device")))

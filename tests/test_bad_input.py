@@ -91,7 +91,8 @@ COMPOSE_CASES = [
     (["train", "task=arith", "objective=sft", "objective.train.lr=0"],
      "lrm train: objective.train.lr=0.0: must be a number > 0"),
     (["run", "pipeline.sweep_n=[1,0]"], "lrm run: pipeline.sweep_n=[1,0]: must be a non-empty list whose items must be an integer >= 1"),
-    (["run", "stage=bogus"], "lrm run: stage=bogus: must be null or one of sft, warmup, annotate, prm, sweep, report"),
+    # checked when the run starts (lrm_engine/pipeline.py), before any stage
+    (["run", "stage=bogus"], "lrm run: stage='bogus' is not a stage of `lrm run`; stages: sft, warmup, annotate"),
 ]
 
 

@@ -68,8 +68,12 @@ def check_device(device, what: str = "device") -> None:
         raise ModelLoadError(f"{what}={d}: CUDA is not available ({why}); use {what}=cpu")
 
 
-def check_model_dir(p: Path, allow_pickle: bool) -> None:
-    """One-line ModelLoadError for a model folder whose files cannot be loaded as they are."""
+class _ConfigUnreadable(ModelLoadError):
+    """transformers could not read the config (missing or unreadable file)."""
+
+
+def check_config_json(p: Path) -> None:
+    """One-line ModelLoadError when the folder's config.json is not JSON text."""
     try:
         json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -78,6 +82,11 @@ def check_model_dir(p: Path, allow_pickle: bool) -> None:
             f"`{p / 'config.json'}` is not valid JSON ({why}); the folder is not a usable model "
             f"directory: save the model again (model.save_pretrained(dir))"
         ) from None
+
+
+def check_weights(p: Path, allow_pickle: bool) -> None:
+    """One-line ModelLoadError when the folder has no weights it may read: no safetensors (and
+    pickle weights without the opt-in), or a safetensors file whose header does not read."""
     safe = sorted(p.glob("*.safetensors"))
     if not safe:
         pickles = sorted({f.name for pat in PICKLE_WEIGHTS for f in p.glob(pat)})
@@ -160,6 +169,8 @@ def load_causal_lm(
             # A hub id already in the HF cache is fine.
             try:
                 return _load(where, None, torch_dtype, trust_remote_code, device)
+            except _ConfigUnreadable:
+                raise ModelLoadError(fix) from None
             except ModelLoadError:
                 raise
             except Exception:
@@ -181,7 +192,7 @@ def load_causal_lm(
             f"`{p}` has no config.json, so it is not a Hugging Face model directory.{hint}"
         )
     if gguf_file is None:
-        check_model_dir(p, allow)
+        check_config_json(p)
     return _load(str(p), gguf_file, torch_dtype, trust_remote_code, device, allow)
 
 
@@ -207,7 +218,9 @@ def _load(where, gguf_file, torch_dtype, trust_remote_code, device, allow_pickle
     except ImportError as e:
         raise ModelLoadError(f"loading `{where}` needs a missing package: {e}") from None
     except OSError as e:  # unreadable or non-JSON config file
-        raise ModelLoadError(f"`{where}`: its config does not load ({str(e).splitlines()[0]})") from None
+        raise _ConfigUnreadable(f"`{where}`: its config does not load ({str(e).splitlines()[0]})") from None
+    if gguf_file is None and Path(where).is_dir():  # a local folder (not a cached hub id)
+        check_weights(Path(where), allow_pickle)
     weights_kw = {} if gguf_file is not None or allow_pickle else {"use_safetensors": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=torch_dtype,
