@@ -284,14 +284,13 @@ def test_processbench_predictions_with_a_binary_line(tmp_path, caplog):
 
 def test_annotate_input_file_with_a_binary_line(tmp_path):
     from lrm_builtin.annotators.omegaprm import OmegaPRMAnnotator
-    from lrm_engine.verbs.annotate import read_input_file
 
     bad_question = '{"id": "b", "question": "caf\xe9"}\n'.encode("latin-1")
     f = _write_lines(tmp_path / "in.jsonl", [b'{"id": "a", "question": "qa", "reference": "1"}\n',
                                              bad_question, BINARY_LINE,
                                              b'{"id": "c", "question": "qc", "reference": "2"}\n'])
     ann = OmegaPRMAnnotator(num_rollouts=3, input_file=str(f))
-    exs, errors = read_input_file(ann)
+    exs, errors = ann.read_input()
     assert [e.problem.id for e in exs] == ["a", "c"]  # "b" is not kept with mangled text
     assert sorted(errors) == [f"{f}:2: not UTF-8 text (byte 0xe9 at column 29)",
                               f"{f}:3: not UTF-8 text (byte 0xff at column 2)"]

@@ -53,7 +53,7 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     input_errors: list[str] = []
     input_file = getattr(annotator, "input_file", None)
     if input_file:  # problems from a JSONL file instead of the task's split (malformed lines counted)
-        examples, input_errors = read_input_file(annotator)
+        examples, input_errors = annotator.read_input()
     else:
         examples = list(task.examples(split))
     if s["limit"] is not None:
@@ -99,43 +99,6 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     summary["validation"] = validate_output(fmt, out.path)
     (out_dir / "annotate_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def read_input_file(annotator: Any) -> tuple[list, list[str]]:
-    """``annotator.read_input()`` without the lines of ``annotate.input_file`` that are not UTF-8.
-
-    The annotators' reader decodes with replacement characters, so such a line could become a
-    problem with mangled text. Each one is dropped here, counted (``malformed_input``) and
-    reported as ``file:line: not UTF-8 text (...)`` like the reader's malformed JSON lines.
-    """
-    import json
-
-    from lrm_engine.textlines import read_lines
-
-    path = annotator.input_file
-    undecodable = {n: why for n, text, why in read_lines(path) if text is None}
-    examples, errors = annotator.read_input()
-    if not undecodable:
-        return examples, errors
-    with open(path, "rb") as f:
-        raw = dict(enumerate(f, start=1))
-    for lineno, why in sorted(undecodable.items()):
-        msg = f"{path}:{lineno}: {why}"
-        already = [i for i, e in enumerate(errors) if e.startswith(f"{path}:{lineno}: ")]
-        if already:  # the reader refused the line anyway: give the real reason
-            errors[already[0]] = msg
-            continue
-        try:  # the id the reader gave the line's problem (its "id", else "line<N>")
-            obj = json.loads(raw[lineno].decode("utf-8", errors="replace"))
-            pid = str(obj.get("id", f"line{lineno}"))
-        except (ValueError, AttributeError):
-            pid = None
-        examples = [ex for ex in examples if str(ex.problem.id) != pid]
-        errors.append(msg)
-        stats = getattr(annotator, "stats", None)
-        if stats is not None:
-            stats.add("malformed_input")
-    return examples, errors
 
 
 def validate_output(fmt: str, path: Path) -> dict[str, Any]:
