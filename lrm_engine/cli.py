@@ -5,10 +5,10 @@ Verbs: run (the default), search, annotate, train, evaluate, plugins. Every verb
 embedding uses), builds the components with :func:`lrm_engine.build`, and runs the verb's
 implementation from ``lrm_engine/verbs/<verb>.py``.
 
-Exit codes: 0 success; 2 a usage or configuration error (Hydra's message and the valid
-choices are printed, no traceback), or a verb whose machinery has not landed yet
-("not available yet: <what is missing>"). A hidden verb, ``lrm config [overrides]``, prints the
-composed configuration as YAML.
+Exit codes: 0 success; 2 a usage or configuration error, or any error the user can fix (one
+line ``lrm <verb>: <what is wrong and what is allowed>``, no traceback), or a verb whose
+machinery has not landed yet ("not available yet: <what is missing>"). A hidden verb,
+``lrm config [overrides]``, prints the composed configuration as YAML.
 """
 
 from __future__ import annotations
@@ -109,18 +109,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_verb(verb, overrides)
         return 0
     except UsageError as e:
-        print(f"lrm: {e}" + (f"\n\n{USAGE}" if e.show_usage else ""), file=sys.stderr,
+        print(f"lrm: {one_line(e)}" + (f"\n\n{USAGE}" if e.show_usage else ""), file=sys.stderr,
               end="" if e.show_usage else "\n")
         return 2
     except ConfigError as e:
-        print(f"lrm: configuration error:\n{e}", file=sys.stderr)
+        print(f"lrm {verb}: {one_line(e)}", file=sys.stderr)
         return 2
     except NotAvailableError as e:
-        print(f"lrm {verb}: not available yet: {e}", file=sys.stderr)
+        print(f"lrm {verb}: not available yet: {one_line(e)}", file=sys.stderr)
         return 2
     except _user_errors() as e:
-        print(f"lrm {verb}: {e}", file=sys.stderr)
+        print(f"lrm {verb}: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException | str) -> str:
+    """A user error's message as one line (its lines joined), so stderr holds one line."""
+    text = str(error).strip() or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -206,6 +212,7 @@ def run_verb(verb: str, overrides: list[str], out: TextIO | None = None) -> dict
     from lrm_engine.components import build
     from lrm_engine.composition import compose
     from lrm_engine.plugin_manager import get_plugin_manager
+    from lrm_engine.validation import check_runtime
 
     out = out or sys.stdout
     cfg = compose(overrides)
@@ -213,6 +220,7 @@ def run_verb(verb: str, overrides: list[str], out: TextIO | None = None) -> dict
         out.write(OmegaConf.to_yaml(cfg))
         return {}
     module = check_available(verb, cfg)
+    check_runtime(cfg)  # devices present, output folder writable (what only this machine knows)
     components = build(cfg)
     reason = getattr(module, "unavailable", lambda c, comps: None)(cfg, components)
     if reason:

@@ -6,8 +6,9 @@ the composed :class:`omegaconf.DictConfig` without Hydra's own ``hydra`` node. I
 config loader directly (not ``@hydra.main`` nor the global ``initialize`` state), so it works
 inside another Hydra application and never changes the working directory.
 
-When composition fails, :class:`ConfigError` carries Hydra's message plus the valid options
-(or keys) for what was wrong; the CLI prints it and exits with code 2.
+When composition fails, or the composed config breaks a rule of lrm_engine/validation.py,
+:class:`ConfigError` carries one line: the override or field at fault, its value and the valid
+options, keys or range; the CLI prints it and exits with code 2.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from lrm_engine.config import GROUPS, SCHEMA_PREFIX
+from lrm_engine.errors import UserError
 
 if TYPE_CHECKING:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -27,10 +29,12 @@ PRIMARY_CONFIG = "config"
 _HIDDEN_GROUPS = ("hydra", SCHEMA_PREFIX)
 
 
-class ConfigError(Exception):
-    """Composition failed: an invalid override, an unknown option, group or key.
+class ConfigError(UserError):
+    """Composition failed: an invalid override, an unknown option, group or key, or a value
+    outside what its field accepts (lrm_engine/validation.py).
 
-    ``str(error)`` is Hydra's message followed by the valid choices, ready to print.
+    ``str(error)`` is one line naming the override or field, the value and what is allowed,
+    ready to print (``search=bogus: unknown option of search; options: beam, best_of_n, ...``).
     """
 
 
@@ -71,7 +75,8 @@ def compose(overrides: Sequence[str] = (), config_name: str = PRIMARY_CONFIG) ->
     """Compose the configuration exactly as the ``lrm`` command does.
 
     ``overrides`` are Hydra overrides (``"task=arith"``, ``"task.steps=6"``, ``"+x=1"``).
-    Raises :class:`ConfigError` (Hydra's message + the valid options or keys) on failure.
+    The composed config is validated (lrm_engine/validation.py: value ranges, known keys).
+    Raises :class:`ConfigError`, one line naming what is wrong and what is allowed, on failure.
     """
     from hydra.errors import HydraException
     from hydra.types import RunMode
@@ -89,118 +94,136 @@ def compose(overrides: Sequence[str] = (), config_name: str = PRIMARY_CONFIG) ->
     with open_dict(cfg):
         cfg.pop("hydra", None)
     OmegaConf.set_readonly(cfg, False)
+    from lrm_engine.validation import validate
+
+    validate(cfg)
     return cfg
 
 
-def _hydra_message(e: BaseException) -> str:
-    """Hydra's message, with the underlying OmegaConf cause (which names the bad value/key)."""
-    msg = str(e).strip()
+def _first_line(e: BaseException) -> str:
+    """Hydra's first line, with the first line of the OmegaConf cause that names the value."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
     cause = e.__cause__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in msg:
-        msg += "\n" + str(cause).strip()
+    if cause is not None and str(cause).strip():
+        first = str(cause).strip().splitlines()[0].strip()
+        if first not in msg:
+            msg += f": {first}"
     return msg
 
 
-def _explain(e: BaseException, overrides: list[str], config_name: str) -> str:
-    """Hydra's message plus valid options/keys for each override that names something unknown."""
-    from hydra.errors import MissingConfigException, OverrideParseException
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
-    hints: list[str] = []
+
+def _explain(e: BaseException, overrides: list[str], config_name: str) -> str:
+    """One line: the override at fault, what is wrong with it, and the valid choices."""
     try:
-        hints = _hints(overrides, config_name)
-    except Exception:  # hints are best effort; Hydra's message is always shown
-        hints = []
-    if not hints and isinstance(e, (MissingConfigException, OverrideParseException)):
-        hints = [_groups_summary()]
-    # (a value of the wrong type gets no hint: OmegaConf's message names the expected type)
+        line = _diagnose(e, overrides, config_name)
+    except Exception:  # the diagnosis is best effort; Hydra's own first line is the fallback
+        line = None
+    line = line or _first_line(e)
+    note = _plugins_note()
+    return line + (f"; {note}" if note else "")
+
+
+def _plugins_note() -> str:
+    """Why options may be missing: plugins that are disabled or whose module is missing."""
     from lrm_engine.plugin_manager import DISABLE_ENV, get_plugin_manager
 
     pm = get_plugin_manager()
-    if pm.disabled or pm.missing_builtins:
-        off = sorted(set(pm.disabled) | set(pm.missing_builtins))
-        hints.append(
-            f"Note: plugins {', '.join(off)} are not loaded ({DISABLE_ENV} or missing module); "
-            f"options whose schemas they store cannot be composed: select another option, "
-            f"or none (e.g. ~task)."
-        )
-    message = _hydra_message(e)
-    return message + ("\n\n" + "\n".join(hints) if hints else "")
+    if not (pm.disabled or pm.missing_builtins):
+        return ""
+    off = sorted(set(pm.disabled) | set(pm.missing_builtins))
+    return (f"note: plugins {', '.join(off)} are not loaded ({DISABLE_ENV} or missing module), "
+            f"so the options whose schemas they store cannot be composed (select another, or none: ~<group>)")
 
 
-def _groups_summary() -> str:
-    """One line per config group with its options."""
-    lines = ["Config groups and their options:"]
-    for group, options in all_options().items():
-        lines.append(f"  {group}: {', '.join(options) if options else '(no options yet)'}")
-    return "\n".join(lines)
-
-
-def _hints(overrides: list[str], config_name: str) -> list[str]:
-    """Valid choices for every override that names an unknown group, option or key."""
+def _diagnose(e: BaseException, overrides: list[str], config_name: str) -> str | None:
+    """The one-line diagnosis of a failed composition (None: nothing better than Hydra's line)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf import DictConfig
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ValidationError
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return [_groups_summary()]
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.extend(parser.parse_overrides([text]))
+        except HydraException:
+            return (f"{text!r}: not an override; write group=option, key=value, +key=value or "
+                    f"~key (one per argument)")
+    if str(e).startswith("Ambiguous value for argument"):
+        for ov in parsed:
+            if ov.is_sweep_override():
+                key = ov.get_key_element()
+                return (f"{ov.input_line}: several values sweep only with --multirun (-m); "
+                        f"a list is {key}=[...], a string with commas is quoted: {key}='...'")
     options = all_options()
-    hints: list[str] = []
     group_choices: list[str] = []
     key_overrides = []
     for ov in parsed:
         key = ov.key_or_group
         if key in options or ov.package is not None:
-            group = key
             if ov.is_delete():
                 continue
             values = [str(v) for v in ov.sweep_string_iterator()] if ov.is_sweep_override() \
                 else [ov.get_value_element_as_str()]
-            bad = [v for v in values if v not in options.get(group, []) and v != "null"]
+            bad = [v for v in values if v not in options.get(key, []) and v != "null"]
             if bad:
-                valid = ", ".join(options[group]) if options.get(group) else "(no options yet)"
-                hints.append(f"Valid options for {group}: {valid}")
-            else:
-                group_choices.append(ov.input_line)
+                valid = ", ".join(options.get(key, [])) or "(none yet)"
+                return f"{ov.input_line}: unknown option of {key}; options: {valid}"
+            group_choices.append(ov.input_line)
         else:
             key_overrides.append(ov)
+    cause = e.__cause__
+    if isinstance(cause, ValidationError):
+        full_key = getattr(cause, "full_key", None)
+        where = next((ov.input_line for ov in key_overrides if ov.key_or_group == full_key),
+                     full_key or "")
+        first = str(cause).strip().splitlines()[0].strip()
+        return f"{where}: {_lower_first(first)}"
+    return _unknown_key(key_overrides, group_choices, config_name, options)
+
+
+def _unknown_key(key_overrides, group_choices: list[str], config_name: str,
+                 options: dict[str, list[str]]) -> str | None:
+    """The first key override whose path does not exist, with the keys that do."""
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
     if not key_overrides:
-        return hints
-    # Compose with the group choices only, then check each key override's path against it.
-    try:
+        return None
+    try:  # the config with the group choices only: the key overrides are checked against it
         base = _loader().load_configuration(
             config_name=config_name, overrides=group_choices, run_mode=RunMode.RUN,
             from_shell=True,
         )
     except (HydraException, OmegaConfBaseException):
-        return hints or [_groups_summary()]
+        return None
     for ov in key_overrides:
         if ov.is_add() or ov.is_force_add():
             continue
         parts = ov.key_or_group.split(".")
         node = base
         for i, part in enumerate(parts):
-            if not isinstance(node, DictConfig) or part not in node:
+            if isinstance(node, DictConfig) and part in node:
+                node = node[part]
+                continue
+            keys = [str(k) for k in (node.keys() if isinstance(node, DictConfig) else []) if k != "hydra"]
+            what = f"~{ov.key_or_group}" if ov.is_delete() else ov.input_line
+            if i == 0 and parts[0] in options:
+                valid = ", ".join(options[parts[0]]) or "(none yet)"
+                return (f"{what}: {parts[0]} has no option selected; choose one first with "
+                        f"{parts[0]}=<option> (options: {valid})")
+            if ov.is_delete():
                 where = ".".join(parts[:i]) or "the top level"
-                keys = [k for k in (node.keys() if isinstance(node, DictConfig) else [])
-                        if k != "hydra"]
-                if i == 0 and parts[0] in options:
-                    group = parts[0]
-                    valid = ", ".join(options[group]) or "(no options yet)"
-                    hints.append(
-                        f"'{group}' has no option selected; choose one first, e.g. "
-                        f"{group}=<option> (options: {valid})"
-                    )
-                elif i == 0:
-                    hints.append(
-                        f"'{parts[0]}' is neither a config group nor a key. Config groups: "
-                        f"{', '.join(options)}; top-level keys: {', '.join(keys) or '(none)'}"
-                    )
-                else:
-                    hints.append(f"Valid keys in {where}: {', '.join(map(str, keys))}")
-                break
-            node = node[part]
-    return hints
+                return (f"{what}: there is no '{part}' to delete; keys of {where}: "
+                        f"{', '.join(keys) or '(none)'}")
+            if i == 0:
+                return (f"{what}: '{parts[0]}' is neither a config group nor a key; groups: "
+                        f"{', '.join(options)}; top-level keys: {', '.join(keys) or '(none)'}")
+            where = ".".join(parts[:i])
+            return f"{what}: unknown key '{part}'; keys of {where}: {', '.join(keys) or '(none)'}"
+    return None

@@ -37,6 +37,14 @@ def default_model_dir(kind: str) -> Path:
     return cache_dir() / "default" / sub
 
 
+def default_model_origin(kind: str) -> str:
+    """Where the default ``kind`` folder comes from, for messages: ``LRM_DEFAULT_POLICY=<dir>``
+    when the variable is set, else the folder itself (under ``$LRM_CACHE``)."""
+    env = DEFAULTS[kind][0]
+    d = default_model_dir(kind)
+    return f"{env}={d}" if os.environ.get(env) else f"the default {kind} folder {d}"
+
+
 def resolve_model_path(path: str | None, kind: str, option: str) -> str:
     """``path`` itself, or the embedded default's folder when ``path`` is None (must exist)."""
     if path is not None:

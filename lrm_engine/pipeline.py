@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -170,9 +171,11 @@ class Pipeline:
             out = json.loads(done.read_text())
         else:
             if done.is_file():
-                done.unlink()
                 if name in ("sweep", "report"):  # their per-cell files would be resumed
-                    shutil.rmtree(d, ignore_errors=True)
+                    kept = _set_aside(d)
+                    self.log(f"[lrm run] {name}: the previous outputs are kept in {kept}")
+                else:  # training resumes from its checkpoints, annotation from its JSONL
+                    done.unlink()
             d.mkdir(parents=True, exist_ok=True)
             self.log(f"[lrm run] {name}: running -> {d}")
             t0 = time.perf_counter()
@@ -188,6 +191,9 @@ class Pipeline:
 
     def run(self) -> dict:
         t0 = time.perf_counter()
+        if self.cfg.install_defaults:  # refuse a foreign install target before hours of work
+            for kind, stage in INSTALLS.items():
+                check_install_target(kind, self._cached_model_dir(stage))
         self._run_stage("sft", self.stage_sft)
         self._run_stage("warmup", self.stage_warmup)
         self._run_stage("annotate", self.stage_annotate)
@@ -374,7 +380,8 @@ class Pipeline:
         if prm.get("greedy_as_policy") is not None:
             w = self.outputs.get("warmup") or {}
             extra += (f"The PRM's model: initialised from the policy + {w.get('steps', 0)} warm-up "
-                      f"steps on clean solutions; readout: {self.cfg.prm_readout}.\n\n")
+                      f"steps on clean solutions; readout: {self.cfg.prm_readout}. The PRM's model "
+                      f"used as the policy (greedy): {100 * prm['greedy_as_policy']:.1f}%.\n\n")
         n_problems = int(self.outputs["sweep"]["problems"])
         found = findings(acc, n_problems, nmax, verifier_as_policy=prm.get("greedy_as_policy"),
                          step_auroc=prm.get("step_auroc"),
@@ -395,18 +402,143 @@ class Pipeline:
                 "prm_step_auroc": prm.get("step_auroc"), "prm_greedy_as_policy": prm.get("greedy_as_policy")}
 
     def _install_defaults(self) -> None:
-        from lrm_engine.default_models import default_model_dir
+        """Install the trained policy and PRM where policy.path=null / reward.path=null look.
 
-        for kind, src in (("policy", self.outputs["sft"]["model_dir"]), ("prm", self.outputs["prm"]["model_dir"])):
-            dst = default_model_dir(kind)
-            if dst.resolve() == Path(src).resolve():
+        The engine writes only folders it created (marked by INSTALL_MARKER, which names the
+        stage output and lists the files): a copy under a new name, then a rename. An installed
+        copy that already is this stage output is kept as it is; a target holding files the
+        engine did not write is refused (check_install_target)."""
+        for kind, stage in INSTALLS.items():
+            src = Path(self.outputs[stage]["model_dir"])
+            dst = check_install_target(kind, src)
+            if dst.exists() and dst.resolve() == src.resolve():
                 continue
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            shutil.rmtree(dst, ignore_errors=True)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(dst)
+            stamp = {"stage": self.stage_dir(stage).name,
+                     "done": hashlib.sha256((self.stage_dir(stage) / "done.json").read_bytes()).hexdigest()[:16]}
+            marker = _read_marker(dst)
+            if marker is None and dst.is_dir() and same_files(dst, src):
+                # an unmarked copy of this very output (an install of an earlier engine): mark it
+                write_marker(dst, stamp, src)
+                marker = _read_marker(dst)
+            if marker is not None and {k: marker.get(k) for k in stamp} == stamp:
+                self.log(f"[lrm run] default {kind}: {dst} already holds {stamp['stage']} (kept)")
+                continue
+            install_tree(src, dst, stamp)
+            self.log(f"[lrm run] default {kind}: installed {stamp['stage']} at {dst}")
+
+    def _cached_model_dir(self, stage: str) -> Path | None:
+        """The model folder of a finished (cached) ``stage``, or None."""
+        for name in STAGES[: STAGES.index(stage) + 1]:
+            d = self.stage_dir(name)  # computes the hashes in order
+        try:
+            return Path(json.loads((d / "done.json").read_text())["model_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+# The embedded defaults `lrm run` installs: kind (lrm_engine.default_models) -> the stage whose
+# model_dir it is.
+INSTALLS: dict[str, str] = {"policy": "sft", "prm": "prm"}
+# Written into every folder the engine installs: what it holds and which files it wrote.
+INSTALL_MARKER = ".lrm_engine_created"
+
+
+def _read_marker(d: Path) -> dict | None:
+    try:
+        doc = json.loads((d / INSTALL_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if not p.is_dir())
+
+
+def foreign_files(d: Path) -> list[str]:
+    """Files under ``d`` that the engine did not write there (all of them without a marker)."""
+    if not d.is_dir():
+        return []
+    marker = _read_marker(d) or {}
+    ours = set(marker.get("files") or ()) | {INSTALL_MARKER} if marker else set()
+    return [f for f in _files(d) if f not in ours]
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same files with the same bytes (the marker aside)."""
+    fa, fb = [f for f in _files(a) if f != INSTALL_MARKER], [f for f in _files(b) if f != INSTALL_MARKER]
+    if fa != fb:
+        return False
+    for f in fa:
+        x, y = a / f, b / f
+        if x.stat().st_size != y.stat().st_size or x.read_bytes() != y.read_bytes():
+            return False
+    return True
+
+
+def write_marker(d: Path, stamp: dict, src: Path) -> None:
+    """Mark ``d`` as the engine's: the stage output it holds and the files it wrote there."""
+    files = [f for f in _files(d) if f != INSTALL_MARKER]
+    tmp = d / (INSTALL_MARKER + ".tmp")
+    tmp.write_text(json.dumps(dict(stamp, source=str(src), files=files), indent=1), encoding="utf-8")
+    tmp.replace(d / INSTALL_MARKER)
+
+
+def check_install_target(kind: str, src: Path | None = None) -> Path:
+    """The install folder of the default ``kind``; UserError (one line) when it is a file or
+    holds files the engine did not write (an unmarked exact copy of ``src``, this run's output,
+    counts as the engine's)."""
+    from lrm_engine.default_models import DEFAULTS, default_model_dir, default_model_origin
+    from lrm_engine.errors import UserError
+
+    dst = default_model_dir(kind)
+    where = default_model_origin(kind)
+    fix = (f"point {DEFAULTS[kind][0]} at a new or empty folder, or set "
+           f"pipeline.install_defaults=false")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{where}: is a file; `lrm run` installs the default {kind} model there as a "
+                        f"folder and never overwrites a file it did not create: {fix}")
+    foreign = foreign_files(dst)
+    if foreign and _read_marker(dst) is None and src is not None and src.is_dir() and same_files(dst, src):
+        foreign = []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{where}: holds files lrm did not create ({shown}); `lrm run` installs the "
+                        f"default {kind} model there and never overwrites or deletes them: {fix}")
+    return dst
+
+
+def install_tree(src: Path, dst: Path, stamp: dict) -> None:
+    """Copy ``src`` to ``dst`` (checked: absent, empty, or the engine's own): into a new folder
+    beside it, marked with INSTALL_MARKER, then renamed into place; a previous install (the
+    engine's, marked) is renamed aside and removed after."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.lrm-new-{os.getpid()}")
+    old = dst.with_name(f".{dst.name}.lrm-old-{os.getpid()}")
+    for left in (tmp, old):  # leftovers of this engine from an interrupted install
+        if left.exists() and _read_marker(left) is not None and not foreign_files(left):
+            shutil.rmtree(left)
+    shutil.copytree(src, tmp)
+    write_marker(tmp, stamp, src)
+    if dst.is_dir() and _read_marker(dst) is None:  # empty (checked): nothing to keep
+        dst.rmdir()
+    if dst.exists():
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)  # the engine's previous install: only files it wrote (checked)
+    else:
+        tmp.rename(dst)
+
+
+def _set_aside(d: Path) -> Path:
+    """Rename a stage folder that is rerun from scratch to ``<name>.prev-<k>`` (nothing in it is
+    deleted); the new name."""
+    k = 1
+    while d.with_name(f"{d.name}.prev-{k}").exists():
+        k += 1
+    kept = d.with_name(f"{d.name}.prev-{k}")
+    d.rename(kept)
+    return kept
 
 
 def _take(it, n: int, offset: int = 0) -> list:

@@ -114,16 +114,16 @@ def test_kernels_resolution_goes_through_get_backend(monkeypatch):
     ("runtime.seed=abc", "runtime.seed"),
     ("runtime.device=gpu", "expected one of [auto, cpu, cuda]"),
     ("kernels.backend=fast", "expected one of [auto, reference, cpp, triton, cuda]"),
-    ("runtime.sed=1", "Valid keys in runtime: seed, device"),
-    ("kernels=fast", "Valid options for kernels: auto, cpp, cuda, reference, triton"),
+    ("runtime.sed=1", "runtime.sed=1: unknown key 'sed'; keys of runtime: seed, device"),
+    ("kernels=fast", "kernels=fast: unknown option of kernels; options: auto, cpp, cuda, reference, triton"),
     ("nope=1", "'nope' is neither a config group nor a key"),
 ])
 def test_wrong_overrides_fail_with_the_valid_choices(override, expect):
     with pytest.raises(ConfigError) as e:
         compose([override])
     assert expect in str(e.value)
-    hints = [line for line in str(e.value).splitlines() if line.startswith("Valid")]
-    assert all("schema" not in line for line in hints)  # schema/* is never offered
+    assert len(str(e.value).splitlines()) == 1  # one line
+    assert "schema" not in str(e.value)  # schema/* is never offered
 
 
 def test_every_schema_field_and_yaml_key_has_a_comment():
@@ -215,5 +215,5 @@ def test_embedding_doc_example_runs():
     scope: dict = {}
     exec("\n".join(code[:-1]), scope)
     assert scope["parts"].task is scope["mine"]
-    with pytest.raises(ConfigError, match="Valid options for task"):
+    with pytest.raises(ConfigError, match="task=nope: unknown option of task; options: "):
         exec(code[-1], scope)

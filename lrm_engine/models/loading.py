@@ -2,14 +2,25 @@
 
 ``load_causal_lm`` reads a *local* directory (safetensors, or a GGUF file inside it via
 ``gguf_file``) with ``local_files_only=True``; a hub id resolves only if the Hugging Face cache
-already holds it. Every failure raises :class:`ModelLoadError` with one message that names the fix.
+already holds it. Every failure raises :class:`ModelLoadError` with one line that names the fix:
+a path that is a file, a config.json that is not JSON, a safetensors file whose header does not
+read, a device that is not there.
+
+Weights are read from safetensors only. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``)
+can run code when they are loaded, so a folder holding only those is refused unless the
+caller opts in: ``allow_pickle=True`` (the policy's ``policy.allow_pickle`` option), or
+:func:`pickle_weights_allowed` around the load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -27,8 +38,80 @@ _DTYPES = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+# Weight files that unpickle when loaded (refused without allow_pickle).
+PICKLE_WEIGHTS: tuple[str, ...] = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+
+# The allow_pickle default of load_causal_lm calls made inside pickle_weights_allowed(...).
+_ALLOW_PICKLE: ContextVar[bool] = ContextVar("lrm_allow_pickle", default=False)
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def pickle_weights_allowed(allow: bool = True) -> Iterator[None]:
+    """Within the block, ``load_causal_lm`` (called with ``allow_pickle=None``) may read pickle
+    weights when ``allow`` is true (for loaders that do not pass the option through)."""
+    token = _ALLOW_PICKLE.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_PICKLE.reset(token)
+
+
+def check_device(device, what: str = "device") -> None:
+    """ModelLoadError when ``device`` asks for CUDA and torch has none."""
+    d = str(device)
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ModelLoadError(f"{what}={d}: CUDA is not available ({why}); use {what}=cpu")
+
+
+class _ConfigUnreadable(ModelLoadError):
+    """transformers could not read the config (missing or unreadable file)."""
+
+
+def check_config_json(p: Path) -> None:
+    """One-line ModelLoadError when the folder's config.json is not JSON text."""
+    try:
+        json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ModelLoadError(
+            f"`{p / 'config.json'}` is not valid JSON ({why}); the folder is not a usable model "
+            f"directory: save the model again (model.save_pretrained(dir))"
+        ) from None
+
+
+def check_weights(p: Path, allow_pickle: bool) -> None:
+    """One-line ModelLoadError when the folder has no weights it may read: no safetensors (and
+    pickle weights without the opt-in), or a safetensors file whose header does not read."""
+    safe = sorted(p.glob("*.safetensors"))
+    if not safe:
+        pickles = sorted({f.name for pat in PICKLE_WEIGHTS for f in p.glob(pat)})
+        if not pickles:
+            raise ModelLoadError(f"`{p}` has no weights: expected *.safetensors (or a .gguf with gguf_file=...)")
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"`{p}` holds only pickle weights ({', '.join(pickles)}), which can run code when "
+                f"loaded; lrm_engine reads safetensors only: convert them "
+                f"(model.save_pretrained(dir, safe_serialization=True)), or, if you trust the file, "
+                f"set allow_pickle=true (policy.allow_pickle=true)"
+            )
+        return
+    from safetensors import safe_open
+
+    for f in safe:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                h.keys()
+        except Exception as e:  # SafetensorError (bad header) or OSError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelLoadError(
+                f"`{f}` is not a readable safetensors file ({first}); save the model again "
+                f"(model.save_pretrained(dir))"
+            ) from None
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -49,14 +132,19 @@ def load_causal_lm(
     dtype="float32",
     trust_remote_code: bool = False,
     device="cpu",
+    allow_pickle: bool | None = None,
 ):
     """(model, tokenizer) from a local directory, offline, in eval mode.
 
     path: a directory with config.json + *.safetensors (+ tokenizer files), a directory holding
         ``gguf_file``, or a ``.gguf`` file itself. gguf_file: the GGUF file name inside ``path``
-        (or an absolute path); its weights are de-quantised to ``dtype``.
+        (or an absolute path); its weights are de-quantised to ``dtype``. allow_pickle: also read
+        pickle weights (``pytorch_model.bin``) when there are no safetensors; None: the value
+        set by :func:`pickle_weights_allowed` (default False).
     """
     torch_dtype = resolve_dtype(dtype)
+    allow = _ALLOW_PICKLE.get() if allow_pickle is None else bool(allow_pickle)
+    check_device(device)
     p = Path(os.path.expanduser(str(path)))
     if p.is_file() and p.suffix == ".gguf" and gguf_file is None:
         p, gguf_file = p.parent, p.name
@@ -64,6 +152,11 @@ def load_causal_lm(
         g = Path(gguf_file)
         p, gguf_file = g.parent, g.name
 
+    if p.is_file():
+        raise ModelLoadError(
+            f"model path `{path}` is a file, not a folder: pass the folder holding config.json and "
+            f"*.safetensors (a .gguf file may be passed as it is)"
+        )
     if not p.is_dir():
         where = str(path)
         if _HUB_ID.match(where):
@@ -76,6 +169,8 @@ def load_causal_lm(
             # A hub id already in the HF cache is fine.
             try:
                 return _load(where, None, torch_dtype, trust_remote_code, device)
+            except _ConfigUnreadable:
+                raise ModelLoadError(fix) from None
             except ModelLoadError:
                 raise
             except Exception:
@@ -96,10 +191,12 @@ def load_causal_lm(
         raise ModelLoadError(
             f"`{p}` has no config.json, so it is not a Hugging Face model directory.{hint}"
         )
-    return _load(str(p), gguf_file, torch_dtype, trust_remote_code, device)
+    if gguf_file is None:
+        check_config_json(p)
+    return _load(str(p), gguf_file, torch_dtype, trust_remote_code, device, allow)
 
 
-def _load(where, gguf_file, torch_dtype, trust_remote_code, device):
+def _load(where, gguf_file, torch_dtype, trust_remote_code, device, allow_pickle=False):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
@@ -120,8 +217,14 @@ def _load(where, gguf_file, torch_dtype, trust_remote_code, device):
         ) from None
     except ImportError as e:
         raise ModelLoadError(f"loading `{where}` needs a missing package: {e}") from None
+    except OSError as e:  # unreadable or non-JSON config file
+        raise _ConfigUnreadable(f"`{where}`: its config does not load ({str(e).splitlines()[0]})") from None
+    if gguf_file is None and Path(where).is_dir():  # a local folder (not a cached hub id)
+        check_weights(Path(where), allow_pickle)
+    weights_kw = {} if gguf_file is not None or allow_pickle else {"use_safetensors": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=torch_dtype, **kw)
+        model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=torch_dtype,
+                                                     **weights_kw, **kw)
     except ValueError as e:
         arch = getattr(config, "architectures", None) or [type(config).__name__]
         raise ModelLoadError(

@@ -1,9 +1,9 @@
 """JSON Lines record files shared by the training-data loaders (SFT, PRM, preference pairs).
 
 :func:`load_jsonl_records` is the one reading loop: every non-blank line is parsed as JSON and
-handed to the loader's record validator; a line that is not JSON, or that the validator refuses
-(it raises the loader's record error), is reported as ``file:line: reason`` (the first
-``max_logged`` as warnings), skipped and counted in the report. Blank lines are not records and
+handed to the loader's record validator; a line that is not UTF-8 text, not JSON, or that the
+validator refuses (it raises the loader's record error), is reported as ``file:line: reason``
+(the first ``max_logged`` as warnings), skipped and counted in the report. Blank lines are not records and
 are ignored. :func:`write_jsonl_records` is the matching atomic writer.
 """
 
@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
+
+from lrm_engine.textlines import read_lines
 
 log = logging.getLogger("lrm_engine.train")
 
@@ -45,10 +47,10 @@ def load_jsonl_records(path: str | Path, validate: Callable[[Any], Any], report_
     """
     path = Path(path)
     report = report_type(path=str(path), records=[])
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(report.records) >= limit:
-                break
+    for lineno, line, reason in read_lines(path):
+        if limit is not None and len(report.records) >= limit:
+            break
+        if line is not None:
             if not line.strip():
                 continue
             try:
@@ -61,11 +63,11 @@ def load_jsonl_records(path: str | Path, validate: Callable[[Any], Any], report_
                     continue
                 except record_error as e:
                     reason = str(e)
-            msg = f"{path}:{lineno}: {reason}"
-            report.errors.append(msg)
-            report.skipped += 1
-            if report.skipped <= max_logged:
-                log.warning("%s: skipped malformed record: %s", what, msg)
+        msg = f"{path}:{lineno}: {reason}"
+        report.errors.append(msg)
+        report.skipped += 1
+        if report.skipped <= max_logged:
+            log.warning("%s: skipped malformed record: %s", what, msg)
     if summarize and report.skipped > max_logged:
         log.warning("%s: %d malformed records skipped in %s (first %d shown)",
                     what, report.skipped, path, max_logged)

@@ -49,6 +49,9 @@ class HFPolicySchema(PolicyConfig):
     prior: str = "softmax"
     # Allow model code shipped with the checkpoint (off unless you trust it).
     trust_remote_code: bool = False
+    # Also read pickle weights (pytorch_model.bin) when the folder has no safetensors; unpickling
+    # can run code, so off unless you trust the file.
+    allow_pickle: bool = False
     # Device of the model: cpu or cuda.
     device: str = "cpu"
     # Sampling of child steps (the search's default; greedy search overrides it).
@@ -74,13 +77,15 @@ class LazyPolicy(LazyHandle):
 
 def make_hf_policy(path=None, gguf_file=None, dtype="float32", kv_budget_mb=512.0, max_step_tokens=64,
                    prior="softmax", trust_remote_code=False, device="cpu", sampling=None,
-                   _cls: str = "HFPolicy", **extra):
+                   allow_pickle=False, _cls: str = "HFPolicy", **extra):
     """Factory of ``policy=hf``: a :class:`LazyPolicy` over ``HFPolicy.from_config``."""
+    from lrm_engine.models.loading import check_device, pickle_weights_allowed
     from lrm_engine.models.sampling import SamplingConfig
 
     samp = SamplingConfig(**(sampling or {}))
     if prior not in ("softmax", "uniform"):
         raise ValueError(f"policy.prior must be 'softmax' or 'uniform', got {prior!r}")
+    check_device(device, "policy.device")  # at build time, even when the model loads later
 
     def load():
         if _cls == "TreePolicy":
@@ -89,9 +94,10 @@ def make_hf_policy(path=None, gguf_file=None, dtype="float32", kv_budget_mb=512.
             from lrm_engine.models.hf_policy import HFPolicy as cls
 
         p = resolve_model_path(path, "policy", "policy.path")
-        return cls.from_config(p, gguf_file=gguf_file, dtype=dtype, kv_budget_mb=kv_budget_mb,
-                                    max_step_tokens=max_step_tokens, trust_remote_code=trust_remote_code,
-                                    device=device, prior=prior)
+        with pickle_weights_allowed(allow_pickle):
+            return cls.from_config(p, gguf_file=gguf_file, dtype=dtype, kv_budget_mb=kv_budget_mb,
+                                   max_step_tokens=max_step_tokens, trust_remote_code=trust_remote_code,
+                                   device=device, prior=prior)
 
     handle = LazyPolicy(load, "hf policy")
     handle.__dict__["sampling"] = samp  # the search's default sampling (not forwarded)

@@ -70,42 +70,44 @@ def read_examples_jsonl(path: str | os.PathLike[str], stats: Stats | None = None
     """Problems from a JSONL file: ``{"id", "question", "reference"?, "solution_steps"?}`` per line.
 
     ``id`` defaults to the line number; ``answer`` is accepted for ``reference``. Malformed
-    lines (bad JSON, no question, duplicate id) are skipped and reported as ``file:line: reason``
+    lines (not UTF-8, bad JSON, no question, duplicate id) are skipped and reported as ``file:line: reason``
     (also counted in ``stats["malformed_input"]``); blank lines are ignored.
     """
+    from lrm_engine.textlines import read_lines
+
     stats = stats if stats is not None else Stats()
     out, errors, seen = [], [], set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            reason = None
+    for lineno, line, undecodable in read_lines(path):
+        if line is not None and not line.strip():
+            continue
+        reason = undecodable
+        if reason is None:
             try:
                 obj = json.loads(line)
             except ValueError as e:
                 reason = f"invalid JSON ({e})"
+        if reason is None:
+            if not isinstance(obj, dict):
+                reason = f"expected a JSON object, got {type(obj).__name__}"
+            elif not isinstance(obj.get("question"), str) or not obj["question"].strip():
+                reason = "no 'question' string"
             else:
-                if not isinstance(obj, dict):
-                    reason = f"expected a JSON object, got {type(obj).__name__}"
-                elif not isinstance(obj.get("question"), str) or not obj["question"].strip():
-                    reason = "no 'question' string"
+                pid = str(obj.get("id", f"line{lineno}"))
+                ref = obj.get("reference", obj.get("answer"))
+                steps = obj.get("solution_steps") or ()
+                if pid in seen:
+                    reason = f"duplicate id {pid!r}"
+                elif ref is not None and not isinstance(ref, (str, int, float)):
+                    reason = f"'reference' must be a string, got {type(ref).__name__}"
+                elif not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
+                    reason = "'solution_steps' must be a list of strings"
                 else:
-                    pid = str(obj.get("id", f"line{lineno}"))
-                    ref = obj.get("reference", obj.get("answer"))
-                    steps = obj.get("solution_steps") or ()
-                    if pid in seen:
-                        reason = f"duplicate id {pid!r}"
-                    elif ref is not None and not isinstance(ref, (str, int, float)):
-                        reason = f"'reference' must be a string, got {type(ref).__name__}"
-                    elif not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
-                        reason = "'solution_steps' must be a list of strings"
-                    else:
-                        seen.add(pid)
-                        out.append(Example(Problem(pid, obj["question"]),
-                                           "" if ref is None else str(ref), tuple(steps)))
-                        continue
-            errors.append(f"{path}:{lineno}: {reason}")
-            stats.add("malformed_input")
+                    seen.add(pid)
+                    out.append(Example(Problem(pid, obj["question"]),
+                                       "" if ref is None else str(ref), tuple(steps)))
+                    continue
+        errors.append(f"{path}:{lineno}: {reason}")
+        stats.add("malformed_input")
     for e in errors[:20]:
         log.warning("annotate input: skipped malformed line: %s", e)
     return out, errors

@@ -126,17 +126,32 @@ def duplicate_siblings(ctx, tree, cand: torch.Tensor) -> torch.Tensor:
     """[B, C] bool: candidate j repeats an earlier candidate of its row with the same parent and
     the same step tokens (sampling often draws one step string many times). Vectorised over the
     batch; all False when the policy keeps no token arena (e.g. scripted test policies)."""
-    arena_of = getattr(ctx.policy, "arena", None)
+    first = first_copies(ctx, tree, cand)
+    return (cand >= 0) & (first != torch.arange(cand.shape[1])[None, :])
+
+
+def first_copies(ctx, tree, cand: torch.Tensor, parent_key: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C] int64: for each candidate, the column of the first candidate of its row with the
+    same parent key and the same step tokens (its own column when none; -1 where cand is -1).
+
+    ``parent_key`` [B, C] (default: the parent slots, i.e. siblings): give each candidate its
+    parent's own path class (the first-copy column of the parent among its candidates, as this
+    returned one step earlier) and equal keys mean equal *paths*, so copies under different
+    copies of one prefix are found too. Vectorised; without a token arena every candidate is
+    its own first copy."""
     B, C = cand.shape
-    if not callable(arena_of) or C < 2:
-        return torch.zeros((B, C), dtype=torch.bool)
     ok = cand >= 0
+    cols = torch.arange(C)[None, :].expand(B, C)
+    arena_of = getattr(ctx.policy, "arena", None)
+    if not callable(arena_of) or C < 2:
+        return torch.where(ok, cols, -1)
     idx = cand.clamp_min(0).long()
     rows = torch.arange(B)[:, None]
     toks = arena_of(tree).spans(tree.token_offset[rows, idx], tree.token_length[rows, idx])
     toks = toks.view(B, C, -1)
-    par = tree.parent[rows, idx]
+    par = tree.parent[rows, idx].long() if parent_key is None else parent_key.long()
     same = (toks[:, :, None, :] == toks[:, None, :, :]).all(-1) & (par[:, :, None] == par[:, None, :])
     same &= ok[:, :, None] & ok[:, None, :]
-    earlier = torch.ones(C, C, dtype=torch.bool).tril(-1)  # [j, i]: i < j
-    return (same & earlier[None]).any(-1)
+    upto = torch.ones(C, C, dtype=torch.bool).tril()  # [j, i]: i <= j
+    first = (same & upto[None]).to(torch.uint8).argmax(-1)  # the first i <= j that matches
+    return torch.where(ok, first, -1)

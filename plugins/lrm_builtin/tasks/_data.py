@@ -20,13 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from lrm_engine.errors import UserError
+from lrm_engine.textlines import read_lines
+
 log = logging.getLogger("lrm_engine.tasks")
 
 DATA_ENV = "LRM_DATA"
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(FileNotFoundError, UserError):
     """A task's data file is missing; the message names the option to set."""
+
+
+class DataError(ValueError, UserError):
+    """A task's data cannot be used as it is (an unknown split, a split with no usable record,
+    a file that is not JSON); the message names the file and the fix."""
 
 
 def _search_roots() -> list[Path]:
@@ -96,15 +104,14 @@ def read_jsonl(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for every well-formed line of a JSON Lines file.
 
-    A malformed line (not JSON, not an object, or lacking a ``required`` key) is logged as a
-    warning naming the file and the 1-based line number, counted in ``stats``, and skipped.
-    Blank lines are ignored (not counted).
+    A malformed line (not UTF-8 text, not JSON, not an object, or lacking a ``required`` key)
+    is logged as a warning naming the file and the 1-based line number, counted in ``stats``,
+    and skipped. Blank lines are ignored (not counted).
     """
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            reason = None
+    for lineno, line, reason in read_lines(file):
+        if line is not None and not line.strip():
+            continue
+        if line is not None:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
@@ -116,10 +123,10 @@ def read_jsonl(
                     missing = [k for k in required if k not in rec]
                     if missing:
                         reason = f"missing field(s) {', '.join(missing)}"
-            if reason is not None:
-                skip_line(stats, file, lineno, reason)
-                continue
-            yield lineno, rec
+        if reason is not None:
+            skip_line(stats, file, lineno, reason)
+            continue
+        yield lineno, rec
 
 
 # --------------------------------------------------------------------------- prompts

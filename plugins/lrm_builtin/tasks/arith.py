@@ -58,6 +58,7 @@ from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
 from ._data import PromptMixin
+from .grading import parse_int, strip_special_tokens
 
 OPS = "+-*/"
 
@@ -301,7 +302,10 @@ def parse_step(step: str) -> tuple[int, str, int, int] | None:
     m = _STEP_RE.match(step)
     if not m:
         return None
-    return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+    a, b, c = parse_int(m.group(1)), parse_int(m.group(3)), parse_int(m.group(4))
+    if a is None or b is None or c is None:  # a number too long to read: not a step
+        return None
+    return a, m.group(2), b, c
 
 
 @dataclass
@@ -442,23 +446,22 @@ class ArithTask(PromptMixin):
 
     # -- grading -----------------------------------------------------------------------------
     def extract_answer(self, solution: str) -> int | None:
-        a = self.step.extract_answer(solution)
-        if a is None or not re.fullmatch(r"-?\d+", a):
-            return None
-        return int(a)
+        """The integer of the last answer line (special-token text such as ``</s>`` dropped);
+        None when there is none or it is not a readable integer."""
+        a = self.step.extract_answer(strip_special_tokens(solution or ""))
+        return None if a is None else parse_int(a)
 
     def grade(self, example: Example, solution: str) -> bool:
-        """Exact: the last answer line states the problem's value."""
+        """Exact: the last answer line states the problem's value (never raises)."""
         a = self.extract_answer(solution)
         return a is not None and a == int(example.reference)
 
     def _answer_value(self, step: str) -> int | None | str:
-        s = step.strip()
+        s = strip_special_tokens(step).strip()
         p = self.step.answer_prefix.strip()
         if not s.startswith(p):
             return "not-answer"
-        rest = s[len(p):].strip()
-        return int(rest) if re.fullmatch(r"-?\d+", rest) else None
+        return parse_int(s[len(p):])
 
     def step_labels(self, example: Example, steps: Sequence[str]) -> list[bool]:
         """Exact local correctness of every step (see the module docstring for the definition)."""

@@ -12,11 +12,19 @@ thread (off it they raise). :func:`math_equal` therefore
 Before math-verify, a fast exact path handles the common case: when both answers read as plain
 numbers (``1,000``, ``$18``, ``7.50``, ``-3``, ``25%``, ``3/4``) they are compared exactly as
 fractions, with no sympy and no timeout needed.
+
+Grading never raises on model output. Special-token text that a decoder left in a solution
+(``18<|im_end|>``, ``18</s>``, ``<eos>``, ``<|eot_id|>``) is dropped before the answer is read
+(:func:`strip_special_tokens`). An answer longer than :data:`MAX_ANSWER_CHARS` (say a number of
+5,000 digits, past Python's 4,300-digit limit on ``int(str)``) is graded wrong without being
+parsed; a comparison that fails or times out is graded wrong. Each such case is counted in
+:data:`GRADING_ISSUES` and logged with the text cut to :data:`LOG_CHARS` characters.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import multiprocessing as mp
 import re
@@ -27,6 +35,52 @@ log = logging.getLogger("lrm_engine.tasks")
 
 # Default seconds allowed for one parse + verify.
 DEFAULT_TIMEOUT = 5.0
+# Longest final answer that is parsed at all; longer ones are graded wrong (counted).
+MAX_ANSWER_CHARS = 1000
+# Most characters of a model's text a grading warning shows.
+LOG_CHARS = 200
+# Answers graded wrong without a comparison, by cause: "too_long", "failed", "timed_out".
+# (A process-wide tally; read it with grading_issues().)
+GRADING_ISSUES: collections.Counter = collections.Counter()
+
+
+def grading_issues() -> dict[str, int]:
+    """How many answers were graded wrong because they could not be compared, by cause."""
+    return dict(GRADING_ISSUES)
+
+
+def cut(text: object, n: int = LOG_CHARS) -> str:
+    """``repr(text)`` cut to ``n`` characters (with the full length) for a log line."""
+    r = repr(text)
+    return r if len(r) <= n else f"{r[:n]}... ({len(str(text))} chars)"
+
+
+# ------------------------------------------------------------------------- special tokens
+
+# Text of end-of-turn / end-of-sequence tokens: a solution ends at the first one.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<|end|>",
+               "<end_of_turn>", "</s>", "<eos>", "<\uff5cend\u2581of\u2581sentence\uff5c>")
+# Any other special-token text (<|...|>, <s>, <pad>, <unk>, <bos>, <mask>, <start_of_turn>): removed.
+_SPECIAL = re.compile(r"<\|[^<>|\s]{1,40}\|>|<\uff5c[^<>\s]{1,40}\uff5c>|</?s>|"
+                      r"<(?:pad|unk|bos|eos|mask|start_of_turn|end_of_turn)>")
+_END = re.compile("|".join(re.escape(t) for t in END_OF_TURN))
+
+
+def strip_special_tokens(text: str) -> str:
+    """``text`` up to its first end-of-turn token, with any other special-token text removed."""
+    m = _END.search(text)
+    if m is not None:
+        text = text[: m.start()]
+    return _SPECIAL.sub("", text)
+
+
+def parse_int(text: str) -> int | None:
+    """``int(text)`` for an optionally signed run of at most MAX_ANSWER_CHARS digits, else None
+    (never Python's ValueError on over-long digit strings)."""
+    t = text.strip()
+    if len(t) > MAX_ANSWER_CHARS or not re.fullmatch(r"-?\d+", t):
+        return None
+    return int(t)
 
 # ------------------------------------------------------------------------- extraction
 
@@ -82,7 +136,10 @@ def as_number(s: str) -> Fraction | None:
 
     Accepts thousands separators, a leading ``$``, a trailing ``%`` or ``.``, ``\\$``,
     surrounding ``$...$`` math delimiters, simple fractions ``a/b`` and ``\\frac{a}{b}``.
+    Text longer than MAX_ANSWER_CHARS is not read (None).
     """
+    if len(s) > MAX_ANSWER_CHARS:
+        return None
     t = s.strip()
     t = t.strip("$").strip()
     t = t.replace("\\$", "").replace("\\!", "").replace("\\,", "").replace("{,}", ",")
@@ -154,9 +211,14 @@ class _Pool:
         try:
             return res.get(timeout=guard)
         except mp.TimeoutError:
-            log.warning("grading timed out after %.1fs (counted as wrong): %s%r", guard,
-                        getattr(func, "__name__", func), args)
+            GRADING_ISSUES["timed_out"] += 1
+            log.warning("grading timed out after %.1fs (counted as wrong): %s%s", guard,
+                        getattr(func, "__name__", func), cut(args))
             self.reset()
+            return default
+        except Exception as e:  # the comparison raised in the worker
+            GRADING_ISSUES["failed"] += 1
+            log.warning("grading failed (counted as wrong): %s: %s", cut(args), cut(e))
             return default
 
     def call(self, pred: str, ref: str, timeout: float) -> bool:
@@ -172,7 +234,12 @@ class _Pool:
             try:
                 out.append(bool(a.get(timeout=3 * timeout + 1.0)))
             except mp.TimeoutError:
-                log.warning("grading timed out (counted as wrong): %r vs %r", p, r)
+                GRADING_ISSUES["timed_out"] += 1
+                log.warning("grading timed out (counted as wrong): %s vs %s", cut(p), cut(r))
+                out.append(False)
+            except Exception as e:  # the comparison raised in the worker
+                GRADING_ISSUES["failed"] += 1
+                log.warning("grading failed (counted as wrong): %s vs %s: %s", cut(p), cut(r), cut(e))
                 out.append(False)
         return out
 
@@ -201,25 +268,39 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _unparsable(pred: str) -> bool:
+    """An answer too long to parse: graded wrong, counted and logged (cut)."""
+    if len(pred) <= MAX_ANSWER_CHARS:
+        return False
+    GRADING_ISSUES["too_long"] += 1
+    log.warning("answer of %d characters graded wrong without parsing (limit %d): %s",
+                len(pred), MAX_ANSWER_CHARS, cut(pred))
+    return True
+
+
 def math_equal(pred: str | None, ref: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Whether answer ``pred`` equals reference ``ref`` (exact numbers, else math-verify)."""
+    """Whether answer ``pred`` equals reference ``ref`` (exact numbers, else math-verify).
+
+    Never raises: an answer that cannot be compared is not equal (see the module docstring).
+    """
     if pred is None:
         return False
     pred, ref = pred.strip(), ref.strip()
-    if not pred:
+    if not pred or _unparsable(pred):
         return False
-    a, b = as_number(pred), as_number(ref)
-    if a is not None and b is not None:
-        return a == b
-    if " ".join(pred.split()) == " ".join(ref.split()):
-        return True
-    if _on_main_thread():
-        try:
+    try:
+        a, b = as_number(pred), as_number(ref)
+        if a is not None and b is not None:
+            return a == b
+        if " ".join(pred.split()) == " ".join(ref.split()):
+            return True
+        if _on_main_thread():
             return _mv_equal(pred, ref, timeout)
-        except Exception as e:  # math-verify raises TimeoutException, or sympy errors
-            log.warning("grading failed (counted as wrong): %r vs %r: %s", pred, ref, e)
-            return False
-    return _POOL.call(pred, ref, timeout)
+        return _POOL.call(pred, ref, timeout)
+    except Exception as e:  # math-verify's TimeoutException, sympy errors, anything else
+        GRADING_ISSUES["failed"] += 1
+        log.warning("grading failed (counted as wrong): %s vs %s: %s", cut(pred), cut(ref), cut(e))
+        return False
 
 
 def math_equal_many(pairs, timeout: float = DEFAULT_TIMEOUT, processes: int | None = None) -> list[bool]:
@@ -228,7 +309,7 @@ def math_equal_many(pairs, timeout: float = DEFAULT_TIMEOUT, processes: int | No
     out: list[bool | None] = [None] * len(pairs)
     todo = []
     for i, (p, r) in enumerate(pairs):
-        if p is None or not p.strip():
+        if p is None or not p.strip() or _unparsable(p.strip()):
             out[i] = False
             continue
         a, b = as_number(p), as_number(r)

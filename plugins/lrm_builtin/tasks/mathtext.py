@@ -11,8 +11,9 @@ from typing import Any, Iterator, Optional
 from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
-from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir, skip_line
-from .grading import DEFAULT_TIMEOUT, extract_boxed, last_number, math_equal
+from ._data import (DataError, JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir,
+                    skip_line)
+from .grading import DEFAULT_TIMEOUT, extract_boxed, last_number, math_equal, strip_special_tokens
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?(.+?)\$?(?:\.\s*$|\n|$)", re.IGNORECASE)
 
@@ -131,7 +132,7 @@ class JsonlMathTask(PromptMixin, ABC):
 
     def split_file(self, split: str) -> Path:
         if split not in self.splits:
-            raise ValueError(f"{self.name}: unknown split {split!r}; splits are {list(self.splits)}")
+            raise DataError(f"{self.name}: unknown split {split!r}; splits: {', '.join(self.splits)}")
         return require_file(self.data_dir / f"{split}.jsonl", task=self.name, folder=self.folder)
 
     @property
@@ -149,6 +150,12 @@ class JsonlMathTask(PromptMixin, ABC):
                     out.append(self._to_example(split, lineno - 1, rec))
                 except (TypeError, ValueError) as e:
                     skip_line(stats, file, lineno, e, "record")
+            if not out:
+                raise DataError(
+                    f"{self.name}: split {split!r} has no usable example in {file} "
+                    f"({stats.skipped_lines} malformed lines skipped); point task.path at a folder "
+                    f"whose {split}.jsonl holds {', '.join(self.required_fields) or 'records'}"
+                )
             self._cache[split] = out
         data = self._cache[split]
         return data if self.limit is None else data[: self.limit]
@@ -158,11 +165,13 @@ class JsonlMathTask(PromptMixin, ABC):
 
     # -- grading --------------------------------------------------------------------------
     def extract_answer(self, solution: str) -> str | None:
-        return self.step.extract_answer(solution)
+        """The final answer, read after special-token text (``<|im_end|>``, ``</s>``) is dropped."""
+        return self.step.extract_answer(strip_special_tokens(solution))
 
     def grade(self, example: Example, solution: str) -> bool:
-        """Whether the solution's final answer is mathematically equal to the reference."""
-        return math_equal(self.extract_answer(solution), example.reference, self.grade_timeout)
+        """Whether the solution's final answer is mathematically equal to the reference (never
+        raises: an answer that cannot be compared is wrong, see grading.py)."""
+        return math_equal(self.extract_answer(solution or ""), example.reference, self.grade_timeout)
 
     def gold_solution(self, example: Example) -> str:
         """The gold solution as text in this task's step convention."""

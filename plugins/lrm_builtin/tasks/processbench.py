@@ -32,7 +32,8 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence
 from lrm_engine.config import TaskConfig
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
-from ._data import JsonlStats, PromptMixin, read_jsonl, require_file, resolve_task_dir, skip_line
+from ._data import (DataError, DataNotFoundError, JsonlStats, PromptMixin, read_jsonl, require_file,
+                    resolve_task_dir, skip_line)
 
 log = logging.getLogger("lrm_engine.tasks")
 
@@ -147,8 +148,12 @@ class ProcessBenchTask(PromptMixin):
             raise ValueError(f"processbench: unknown subset {subset!r}; subsets are {list(SUBSETS)}")
         if subset not in self._cache:
             file = require_file(self.data_dir / f"{subset}.json", task="processbench", folder="processbench")
-            with open(file, encoding="utf-8") as f:
-                raw = json.load(f)
+            try:
+                raw = json.loads(file.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+                raise DataError(f"processbench: {file} is not a JSON file ({why}); restore it from the "
+                                f"ProcessBench release") from None
             self._cache[subset] = [
                 ProcessBenchItem(
                     id=str(r["id"]), subset=subset, problem=r["problem"], steps=tuple(r["steps"]),
@@ -183,7 +188,7 @@ class ProcessBenchTask(PromptMixin):
     def read_predictions(self, file: str | Path) -> dict[str, int]:
         file = Path(file)
         if not file.is_file():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"processbench: predictions file not found: {file}. Set task.predictions=<JSONL "
                 f'file of {{"id": ..., "prediction": <index or -1>}}>'
             )
