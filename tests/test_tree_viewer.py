@@ -274,11 +274,20 @@ def test_search_verb_writes_the_trees(mode, tmp_path):
 
 
 def test_bad_export_mode_is_refused():
+    from omegaconf import OmegaConf
+
     from lrm_engine import compose
+    from lrm_engine.composition import ConfigError
     from lrm_engine.verbs import search as verb
 
+    # Refused when the config is composed (lrm_engine/validation.py) ...
+    with pytest.raises(ConfigError, match=r"export.tree=pdf: must be null or one of none, json, html"):
+        compose(["export.tree=pdf"])
+    # ... and by the verb itself for a config built another way (embedding).
+    cfg = compose([])
+    OmegaConf.update(cfg, "export.tree", "pdf", force_add=True)
     with pytest.raises(ValueError, match="export.tree"):
-        verb.export_settings(compose(["export.tree=pdf"]))
+        verb.export_settings(cfg)
 
 
 # ------------------------------------------------------------------ headless Chromium

@@ -207,7 +207,7 @@ def lrm_register_search_algorithms(registry):
     registry.register("dvts", DVTSSearch,
                       description="diverse verifier tree search: n/W independent PRM beams")
     registry.register("mcts", MCTSSearch,
-                      description="PUCT MCTS over steps, PRM (or rollout) leaf values")
+                      description="MCTS over steps (PUCT or UCT select), PRM (or rollout) leaf values")
     registry.register("tot_bfs", ToTBFSSearch,
                       description="Tree-of-Thoughts BFS: best t of b proposals per level")
     registry.register("tot_dfs", ToTDFSSearch,

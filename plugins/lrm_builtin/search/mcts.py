@@ -65,7 +65,7 @@ def add_values(tree: BatchedTree, nodes: torch.Tensor, delta: torch.Tensor) -> N
 
 @dataclass
 class MCTSSearch:
-    """PUCT MCTS over steps: select / expand / evaluate (PRM or rollout) / backup."""
+    """MCTS over steps (search.rule: puct | uct): select / expand / evaluate (PRM or rollout) / backup."""
 
     # Simulations (selected leaves) per tree; iterations = ceil(simulations / num_leaves).
     simulations: int = 16
