@@ -197,11 +197,7 @@ class GRPOObjective(ReferenceMixin, ObjectiveBase):
 
     def rollout_stats(self, model, batch) -> dict:
         """At rollout time, no grad: the sampling weights' ``old_logps`` (and ``ref_logps``)."""
-        ids, am = batch["input_ids"], batch.get("attention_mask")
-        out = {"old_logps": token_logps(model, ids, am)}
-        if self.beta != 0.0:
-            out["ref_logps"] = self.reference_token_logps(model, ids, am)
-        return out
+        return self.rollout_logps(model, batch, reference=self.beta != 0.0)
 
     def advantages(self, batch) -> torch.Tensor:
         if batch.get("advantages") is not None:

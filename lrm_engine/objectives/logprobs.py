@@ -102,3 +102,12 @@ class ReferenceMixin:
             self.setup_reference(model, input_ids.device)
         with torch.no_grad():
             return token_logps(self.ref_model, input_ids, attention_mask)
+
+    def rollout_logps(self, model, batch, reference: bool) -> dict:
+        """At rollout time (the caller holds no grad): the sampling weights' ``old_logps``, and
+        ``ref_logps`` when ``reference``."""
+        ids, am = batch["input_ids"], batch.get("attention_mask")
+        out = {"old_logps": token_logps(model, ids, am)}
+        if reference:
+            out["ref_logps"] = self.reference_token_logps(model, ids, am)
+        return out

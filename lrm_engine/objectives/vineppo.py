@@ -132,11 +132,7 @@ class VinePPOObjective(ReferenceMixin, ObjectiveBase):
 
     def rollout_stats(self, model, batch) -> dict:
         """At rollout time, no grad: the sampling weights' ``old_logps`` (and ``ref_logps``)."""
-        ids, am = batch["input_ids"], batch.get("attention_mask")
-        out = {"old_logps": token_logps(model, ids, am)}
-        if self.beta != 0.0:
-            out["ref_logps"] = self.reference_token_logps(model, ids, am)
-        return out
+        return self.rollout_logps(model, batch, reference=self.beta != 0.0)
 
     def loss(self, model, batch):
         ids, am, cm = batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"]
