@@ -1,6 +1,6 @@
 """Benchmark: batched MCTS tree ops (issue 2, section 6).
 
-Workload: MCTS with 64 simulations on B=256 trees, A=8 actions, one leaf per tree per simulation,
+Workload: MCTS with 64 simulations on B trees (swept: `--batch 64,256` by default), A=8 actions, one leaf per tree per simulation,
 PUCT in mctx's form (c1=1.25, c2=19652, q-values min-max normalised over the node and its visited
 children), undiscounted backup, and a trivial model: seeded random prior logits (softmax) and
 values in [-1, 1] for the root and every expanded node.
@@ -10,11 +10,13 @@ median of >= 5 runs:
 
   cpp          lrm_engine's C++ backend: BatchedTree + backend.select / expand / backup
   reference    the same loop on the pure-torch reference backend (the specification)
-  python_tree  a plain pointer-based tree (Node objects, dict of children), written the way
-               OpenR writes AlphaZero-style MCTS (all A children created at expansion, per-child
-               UCB function, recursive backup); the 256 trees are searched one after another.
-               A leaner pure-Python tree (lazy children, __slots__, inlined PUCT) is timed too
-               and reported as extra.python_tree_lean_s.
+  python_tree  the strongest plain pointer-based tree we could write in Python (lazy children
+               created on selection like the batched tree and mctx, __slots__, PUCT inlined in one
+               loop, iterative backup); the B trees are searched one after another. This lean
+               tree is the headline Python baseline (`speedup_vs_python_tree`).
+  python_tree_openr  the same search written the way OpenR writes AlphaZero-style MCTS (all A
+               children created at expansion, per-child UCB function, recursive backup); slower
+               than the lean tree, reported as extra (`speedup_vs_python_tree_openr`).
   mctx         mctx.muzero_policy, jitted, JAX on CPU (compile excluded, block_until_ready)
 
 Random numbers (fairness): for cpp, reference and python_tree every random number of the
@@ -32,10 +34,15 @@ outside the timing); the python tree uses the same random numbers and is compare
 (it accumulates value sums in float64, ours in float32, so a near-tie could in principle split a
 tree differently; the count of identical trees is reported).
 
-Last stdout line: {"bench": "tree_ops", "workload": {...}, "median_s": {...}, "ratios": {...}, ...}
+Sweep: the whole comparison runs at every B of `--batch` (the batch of trees is the size that
+matters: the batched ops amortise their per-call cost over B, the Python trees pay per node).
+`median_s` / `ratios` are the largest B's; `sweep` holds every B's figures.
+
+Last stdout line: {"bench": "tree_ops", "workload": {...}, "median_s": {...}, "ratios": {...},
+"sweep": [{"batch_trees": B, "median_s": ..., "ratios": ...}, ...], ...}
 Exit status 1 if the cpp backend is missing (its figures are null then).
 
-Usage: python bench/tree_ops.py [--repeats 5] [--profile] [--no-mctx] [--pin-cpu N]
+Usage: python bench/tree_ops.py [--batch 64,256] [--repeats 5] [--profile] [--no-mctx] [--pin-cpu N]
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median), >= 5")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per variant")
+    p.add_argument("--batch", default="64,256",
+                   help="comma-separated batch sizes B (trees searched at once) to sweep; the last is the headline")
     p.add_argument("--profile", action="store_true", help="per-call breakdown of the cpp loop")
     p.add_argument("--no-mctx", action="store_true", help="skip mctx (e.g. jax not installed)")
     p.add_argument(
@@ -263,7 +272,7 @@ def trees_equal(x: BatchedTree, y: BatchedTree) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- (c): python tree
-# Headline variant, written the way OpenR writes AlphaZero-style MCTS (reason/guided_search/tree.py:
+# OpenR-style variant (extra), written the way OpenR writes AlphaZero-style MCTS (reason/guided_search/tree.py:
 # Node with a dict of children, properties, `_expand_leaf_node` creating one child Node per action
 # with its prior, `_select_child` looping over children.items() with a per-child `_ucb_score`,
 # recursive `update_recursive`), with the score in mctx's form (min-max normalised q-values over
@@ -362,9 +371,9 @@ def run_python_tree(lists):
     return [mcts.search(root_prior[b], root_value[b], sim_prior, sim_value, b) for b in range(B)]
 
 
-# Second, leaner pointer tree (extra.python_tree_lean_s): children created lazily on selection
+# The lean pointer tree (the headline Python baseline): children created lazily on selection
 # (like the batched tree and mctx), plain attributes, PUCT inlined in one loop, iterative backup.
-# It bounds from below what careful pure Python costs; the headline figure is the OpenR style.
+# It bounds from below what careful pure Python costs.
 class LeanNode:
     __slots__ = ("parent", "action", "priors", "children", "visit_count", "value_sum")
 
@@ -542,16 +551,13 @@ def setup_mctx(data):
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> int:
-    t_start = time.perf_counter()
+def measure(batch: int) -> dict:
+    """Every variant at B = batch trees: agreement checks, then interleaved timings."""
+    global B
+    B = batch
     data = make_model_data()
-    backends = available_backends()
-    have_cpp = "cpp" in backends
-    log(f"# tree_ops: B={B} A={A} sims={SIMS}; backends available: {backends}")
-    if not have_cpp:
-        log(f"# cpp backend MISSING: {backend_error('cpp')}")
     ref = get_backend("reference")
-    cpp = get_backend("cpp") if have_cpp else None
+    cpp = get_backend("cpp") if "cpp" in available_backends() else None
 
     # --- agreement, outside timing
     ref_tree = run_batched(ref, data)
@@ -560,20 +566,20 @@ def main() -> int:
     if cpp is not None:
         cpp_tree = run_batched(cpp, data)
         diff = trees_equal(cpp_tree, ref_tree)
-        assert not diff, f"cpp and reference trees differ in fields: {diff}"
+        assert not diff, f"B={B}: cpp and reference trees differ in fields: {diff}"
         agreement["cpp_equals_reference"] = True
-        log("# agreement: cpp tree == reference tree (all fields, bitwise)")
+        log(f"# B={B} agreement: cpp tree == reference tree (all fields, bitwise)")
     lists = (
         data["root_prior"].tolist(),
         data["root_value"].tolist(),
         data["sim_prior"].tolist(),
         data["sim_value"].tolist(),
     )
-    n_match = python_tree_matches(run_python_tree(lists), ref_tree)
-    agreement["python_tree_equal_trees"] = f"{n_match}/{B}"
     n_lean = python_tree_matches(run_python_tree_lean(lists), ref_tree)
-    agreement["python_tree_lean_equal_trees"] = f"{n_lean}/{B}"
-    log(f"# agreement: python tree == reference tree for {n_match}/{B} trees (lean variant: {n_lean}/{B})")
+    agreement["python_tree_equal_trees"] = f"{n_lean}/{B}"
+    n_openr = python_tree_matches(run_python_tree(lists), ref_tree)
+    agreement["python_tree_openr_equal_trees"] = f"{n_openr}/{B}"
+    log(f"# B={B} agreement: python tree == reference tree for {n_lean}/{B} trees (OpenR style: {n_openr}/{B})")
 
     # --- timings: every variant warmed up, then timed round-robin (one run of each per round)
     # so that load from other processes on the shared cores falls on all of them alike.
@@ -584,14 +590,14 @@ def main() -> int:
         cases["cpp"] = (lambda: run_batched(cpp, data), None)
         cases["cpp_model_in_loop"] = (lambda: run_batched_model_in_loop(cpp), None)
     cases["reference"] = (lambda: run_batched(ref, data), None)
-    cases["python_tree"] = (lambda: run_python_tree(lists), None)
-    cases["python_tree_lean"] = (lambda: run_python_tree_lean(lists), None)
+    cases["python_tree"] = (lambda: run_python_tree_lean(lists), None)
+    cases["python_tree_openr"] = (lambda: run_python_tree(lists), None)
     if not ARGS.no_mctx:
         try:
             run, sync, model_only, compile_s, jv, mv = setup_mctx(data)
             versions.update(jax=jv, mctx=mv)
             extra["mctx_compile_s"] = compile_s
-            log(f"# mctx compiled in {compile_s:.1f} s (excluded from the timings)")
+            log(f"# B={B} mctx compiled in {compile_s:.1f} s (excluded from the timings)")
             cases["mctx"] = (run, sync)
             cases["mctx_model_only"] = (model_only, sync)
         except ImportError as exc:
@@ -599,12 +605,12 @@ def main() -> int:
     res = _common.time_interleaved(cases, ARGS.repeats, ARGS.warmup)
     notes = {
         "cpp_model_in_loop": "cpp with the trivial model's torch ops inside the loop",
-        "python_tree_lean": "lean pure-Python tree (lazy children, __slots__)",
+        "python_tree_openr": "OpenR-style pure-Python tree (all children at expansion, recursive backup)",
         "mctx_model_only": "mctx's recurrent_fn random draws alone (part of mctx's time)",
     }
     for name, r in res.items():
         log(
-            f"# {name:18s} median {r['median_s'] * 1e3:9.3f} ms  (cpu {r['median_cpu_s'] * 1e3:9.3f} ms)  "
+            f"# B={B} {name:18s} median {r['median_s'] * 1e3:9.3f} ms  (cpu {r['median_cpu_s'] * 1e3:9.3f} ms)  "
             f"runs {[round(x * 1e3, 2) for x in r['runs_s']]}  {notes.get(name, '')}"
         )
         if name in notes:
@@ -616,21 +622,43 @@ def main() -> int:
                 continue
             prof = profile_batched(be, data, repeats=3 if name == "reference" else 7)
             extra[f"profile_{name}"] = prof
-            log(f"# profile {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in prof.items()))
+            log(f"# B={B} profile {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in prof.items()))
 
-    med = {k: (res[k]["median_s"] if k in res else None) for k in ("cpp", "reference", "python_tree", "mctx")}
-    med_cpu = {k: (res[k]["median_cpu_s"] if k in res else None) for k in med}
-    best = {k: (res[k]["min_s"] if k in res else None) for k in med}
+    names = ("cpp", "reference", "python_tree", "python_tree_openr", "mctx")
+    med = {k: (res[k]["median_s"] if k in res else None) for k in names}
+    med_cpu = {k: (res[k]["median_cpu_s"] if k in res else None) for k in names}
+    best = {k: (res[k]["min_s"] if k in res else None) for k in names}
 
     def ratio(other, m=med):
         if m["cpp"] is None or m[other] is None:
             return None
         return m[other] / m["cpp"]
 
+    def ratios(m):
+        return {"speedup_vs_mctx": ratio("mctx", m), "speedup_vs_python_tree": ratio("python_tree", m),
+                "speedup_vs_python_tree_openr": ratio("python_tree_openr", m),
+                "speedup_vs_reference": ratio("reference", m)}
+
+    return {"batch_trees": B, "median_s": med, "ratios": ratios(med), "median_cpu_s": med_cpu,
+            "ratios_cpu": ratios(med_cpu), "min_s": best, "ratios_min": ratios(best),
+            "agreement": agreement, "extra": extra, "versions": versions}
+
+
+def main() -> int:
+    t_start = time.perf_counter()
+    backends = available_backends()
+    have_cpp = "cpp" in backends
+    batches = [int(x) for x in ARGS.batch.split(",") if x.strip()]
+    log(f"# tree_ops: B={batches} A={A} sims={SIMS}; backends available: {backends}")
+    if not have_cpp:
+        log(f"# cpp backend MISSING: {backend_error('cpp')}")
+    sweep = [measure(b) for b in batches]
+    head = sweep[-1]
     record = {
         "bench": "tree_ops",
         "workload": {
-            "batch_trees": B,
+            "batch_trees": head["batch_trees"],
+            "batch_trees_swept": batches,
             "num_actions": A,
             "simulations": SIMS,
             "leaves_per_tree_per_sim": 1,
@@ -640,34 +668,29 @@ def main() -> int:
             "qtransform": "qtransform_by_parent_and_siblings",
             "discount": 1.0,
             "model": "seeded random prior logits (softmax) and values in [-1,1]; "
-            "pre-generated before timing for cpp/reference/python_tree, jax.random inside mctx",
+            "pre-generated before timing for cpp/reference/python trees, jax.random inside mctx",
             "node_slots": SIMS + 1,
             "repeats": ARGS.repeats,
             "threads": THREADS,
+            "python_tree": "lean pointer tree (lazy children, __slots__, inlined PUCT); "
+                           "python_tree_openr: OpenR-style tree",
         },
-        "median_s": med,
-        "ratios": {
-            "speedup_vs_mctx": ratio("mctx"),
-            "speedup_vs_python_tree": ratio("python_tree"),
-            "speedup_vs_reference": ratio("reference"),
-        },
+        # The largest B's figures; `sweep` holds each B's.
+        "median_s": head["median_s"],
+        "ratios": head["ratios"],
         "targets": {"speedup_vs_mctx": 20, "speedup_vs_python_tree": 100},
         # The same figures as process CPU time and as the fastest run: when other work shares
         # the cores, wall-clock medians measure the load as much as the code.
-        "median_cpu_s": med_cpu,
-        "ratios_cpu": {
-            "speedup_vs_mctx": ratio("mctx", med_cpu),
-            "speedup_vs_python_tree": ratio("python_tree", med_cpu),
-        },
-        "min_s": best,
-        "ratios_min": {
-            "speedup_vs_mctx": ratio("mctx", best),
-            "speedup_vs_python_tree": ratio("python_tree", best),
-        },
+        "median_cpu_s": head["median_cpu_s"],
+        "ratios_cpu": head["ratios_cpu"],
+        "min_s": head["min_s"],
+        "ratios_min": head["ratios_min"],
+        "sweep": [{k: r[k] for k in ("batch_trees", "median_s", "ratios", "ratios_cpu", "agreement")}
+                  for r in sweep],
         "load_average": _common.load_average(),
-        "agreement": agreement,
-        "extra": extra,
-        "versions": versions,
+        "agreement": head["agreement"],
+        "extra": head["extra"],
+        "versions": head["versions"],
         "machine": _common.machine(),
         "date": _common.utc_now(),
         "cpp_missing": None if have_cpp else backend_error("cpp"),
