@@ -203,7 +203,7 @@ def main() -> int:
         print(f"P={row['positions']}: fused {row['median_s']['fused'] * 1e3:.3f} ms, two_row "
               f"{row['median_s']['two_row'] * 1e3:.3f} ms ({row['speedup_vs_two_row']:.2f}x)", file=sys.stderr)
         if p_n == P:
-            t_two = t["two_row"]
+            t_two, t_pair = t["two_row"], t["fused"]  # the headline two_row ratio: this interleaved pair
 
     record["load_average_end"] = _common.load_average()
     record["median_s"] = {"fused": t_fused["median_s"], "full_vocab": t_full["median_s"],
@@ -223,13 +223,13 @@ def main() -> int:
         "speedup_vs_full_vocab": t_full["median_s"] / t_fused["median_s"],
         "memory_vs_full_vocab": mem_full / mem_fused,
         # The fair one: the 2-row slice is what a peer who knows the PRM's two columns writes.
-        "speedup_vs_two_row": t_two["median_s"] / t_fused["median_s"],
+        "speedup_vs_two_row": t_two["median_s"] / t_pair["median_s"],
         "memory_vs_two_row": mem_two_row / mem_fused,
     }
     record["sweep"] = sweep
     record["min_s"] = {"fused": t_fused["min_s"], "full_vocab": t_full["min_s"]}
     record["ratios_cpu"] = {"speedup_vs_full_vocab": t_full["median_cpu_s"] / t_fused["median_cpu_s"],
-                            "speedup_vs_two_row": t_two["median_cpu_s"] / t_fused["median_cpu_s"]}
+                            "speedup_vs_two_row": t_two["median_cpu_s"] / t_pair["median_cpu_s"]}
     record["ratios_min"] = {"speedup_vs_full_vocab": t_full["min_s"] / t_fused["min_s"]}
     record["extra"] = {
         # measured: the fused call's RSS growth is usually 0 (under one 4 KiB page), so this is
