@@ -160,6 +160,8 @@ class TreeRolloutSource:
         self.seed, self.reward_fn, self.kv_budget_mb = seed, reward_fn, kv_budget_mb
         self.order = DataOrder(len(exs), seed, shuffle)
         self.position = 0
+        # The L of dr_grpo's normaliser: the longest path's completion tokens.
+        self.max_new_tokens = max_steps * max_step_tokens
         # Cumulative counters (resumed with the position): see totals().
         self._totals = {"tokens_computed": 0, "iid_tokens": 0, "leaves": 0, "trees": 0}
 
@@ -308,7 +310,7 @@ class TreeRolloutSource:
         batch: dict[str, Any] = {
             "input_ids": ids, "attention_mask": am, "completion_mask": cm, "advantages": adv,
             "rewards": torch.tensor(rew), "group_offsets": torch.tensor(offsets),
-            "max_completion_length": self.max_steps * self.max_step_tokens,
+            "max_completion_length": self.max_new_tokens,
             "accuracy": sum(ver) / max(len(ver), 1),
             "log": {"tokens_per_leaf": computed / max(N, 1), "iid_tokens_per_leaf": iid / max(N, 1),
                     "token_saving": 1.0 - computed / max(iid, 1), "leaves": N / max(len(idx), 1)},
