@@ -154,3 +154,30 @@ def test_tree_rollout_source_shares_prefixes(tmp_path):
     res = Trainer(model, TreeGRPOObjective(beta=0.0), src, cfg, tmp_path).train()
     assert res.steps == 1 and math.isfinite(res.losses[0])
     assert src.totals()["trees"] == 4  # the batch above and the trainer's
+
+
+def test_tree_grpo_via_cli_reports_prefix_sharing(tmp_path):
+    import json
+    from pathlib import Path
+
+    from conftest import run_lrm
+    from rl_fixtures import micro_models, small_task
+
+    pol, _ = micro_models(tmp_path / "models", small_task())
+    args = ["train", "objective=tree_grpo", f"runtime.output_dir={tmp_path}", "task=arith",
+            "task.min_steps=2", "task.max_steps=2", "task.max_operand=9", "task.max_value=99",
+            "task.num_train=64", "task.num_test=16", "task.shape=chain", "runtime.num_threads=1",
+            "runtime.progress=false", "objective.train.total_steps=2", "objective.train.warmup_steps=0",
+            "objective.train.save_every=1", "objective.rollout.prompts_per_batch=2",
+            "objective.rollout.branch_depth=2", "objective.rollout.max_steps=3",
+            "objective.rollout.max_step_tokens=8", "objective.eval.enabled=false"]
+    r = run_lrm(*args, env={"LRM_DEFAULT_POLICY": pol}, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["steps"] == 2 and res["objective"] == "tree_grpo"
+    run = Path(res["run_dir"])
+    tot = json.loads((run / "result.json").read_text())["metrics"]["rollout_totals"]
+    assert tot["trees"] == 4 and 4 <= tot["leaves"] <= 16
+    assert tot["tokens_computed"] < tot["iid_tokens"]  # shared prompts and steps computed once
+    ck = json.loads((run / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert ck["data"]["position"] == 4 and ck["data"]["totals"]["trees"] == 4
