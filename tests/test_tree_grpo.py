@@ -181,3 +181,15 @@ def test_tree_grpo_via_cli_reports_prefix_sharing(tmp_path):
     assert tot["tokens_computed"] < tot["iid_tokens"]  # shared prompts and steps computed once
     ck = json.loads((run / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert ck["data"]["position"] == 4 and ck["data"]["totals"]["trees"] == 4
+
+
+def test_bench_rl_exits_nonzero_when_every_row_fails(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "bench" / "rl.py"), "--objectives", "no_such_objective",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert r.returncode != 0
+    assert "no_such_objective" in r.stdout.strip().splitlines()[-1]
