@@ -193,3 +193,44 @@ def test_bench_rl_exits_nonzero_when_every_row_fails(tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=repo)
     assert r.returncode != 0
     assert "no_such_objective" in r.stdout.strip().splitlines()[-1]
+
+
+def test_entropy_branching_branches_the_most_surprising_step():
+    from lrm_builtin.tasks import ArithTask
+    from lrm_engine.models_tiny import make_tiny_llama
+    from lrm_engine.tokenization import build_char_tokenizer
+    from lrm_engine.train.rl_tree import TreeRolloutSource
+
+    task = ArithTask(num_train=20, num_test=5)
+    tok = build_char_tokenizer(extra_chars=task.step.delimiter + task.step.answer_prefix)
+    model = make_tiny_llama("micro", tokenizer=tok, seed=0, num_hidden_layers=1)
+    src = TreeRolloutSource(model, tok, task, prompts_per_batch=2, tree_width=3, branch_factor=2,
+                            branch_depth=2, branch_top=1, max_steps=3, max_step_tokens=6, seed=0)
+    ctx = src._ctx(7)
+    seen = []
+    real = ctx.expand
+
+    def spy(tree, nodes, k, **kw):
+        e = real(tree, nodes, k, **kw)
+        seen.append((nodes.clone(), k, e.children.clone(), e.logprob_sum.clone()))
+        return e
+
+    ctx.expand = spy
+    prompts = [tok.encode(task.prompt(ex.problem)) for ex in src.examples[:2]]
+    tree = ctx.new_tree(prompts, num_actions=3, capacity=64)
+    src.grow(ctx, tree)
+    _, _, kids, lp = seen[0]  # the root's 3 children and their step log-probs
+    checked = 0
+    for b in range(2):
+        ch = kids[b, 0]
+        open_ = [i for i in range(3) if not bool(tree.terminal[b, ch[i]])]
+        if not open_:
+            continue
+        s = {i: -float(lp[b, 0, i]) / max(int(tree.token_length[b, ch[i]]), 1) for i in open_}
+        want = max(s, key=s.get)
+        nchild = [int((tree.parent[b, : int(tree.num_nodes[b])] == int(ch[i])).sum()) for i in range(3)]
+        assert nchild[want] == 2  # the most surprising open step is branched (k = 2)
+        assert all(nchild[i] == 1 for i in open_ if i != want)  # the others continue as paths
+        checked += 1
+    assert checked > 0
+    ctx.policy.release(tree)
