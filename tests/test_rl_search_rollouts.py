@@ -120,3 +120,11 @@ def test_grpo_with_beam_search_rollouts_end_to_end(tmp_path):
     assert cfg["rollout"]["search"] == "beam" and cfg["rollout"]["search_args"] == {"n": 4, "beam_width": 2}
     ck = json.loads((run / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert ck["data"]["position"] == 4 and ck["data"]["search"] == "beam"
+    # an unknown search: exit 2, one line naming the field, the value and the registered ones
+    bad = [a if not a.startswith("objective.rollout.search=") else "objective.rollout.search=nosuch"
+           for a in args]
+    r2 = run_lrm(*bad, env={"LRM_DEFAULT_POLICY": pol}, timeout=120)
+    assert r2.returncode == 2
+    line = [x for x in r2.stderr.strip().splitlines() if "nosuch" in x]
+    assert len(line) == 1 and "objective.rollout.search" in line[0] and "beam" in line[0]
+    assert "Traceback" not in r2.stderr

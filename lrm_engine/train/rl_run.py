@@ -186,6 +186,7 @@ def train_rollout(
 
     run_dir = Path(run_dir)
     ro = _coerce(RolloutSettings, rollout)
+    check_rollout_settings(objective, ro)  # before any model work: one-line user errors
     train_cfg = _coerce(TrainConfig, train)
     ev = None if evaluate is False else _coerce(EvalSettings, None if evaluate is True else evaluate)
     if ev is not None and not ev.enabled:
@@ -285,3 +286,30 @@ def tree_or_search_source(objective, ro: RolloutSettings, policy, tok, task, rew
                                    max_steps=ro.max_steps, max_step_tokens=ro.max_step_tokens,
                                    reward_fn=reward_fn, **kw)
     return None
+
+
+def check_rollout_settings(objective, ro: RolloutSettings) -> None:
+    """The tree shape (tree_grpo) and the search (rollout.search) a user chose: a
+    :class:`~lrm_engine.errors.UserError` naming the field, the value and the fix."""
+    from ..errors import UserError
+
+    if getattr(objective, "rollout_source", None) == "tree":
+        for k in ("tree_width", "branch_factor", "branch_depth", "max_steps", "max_step_tokens"):
+            v = getattr(ro, k)
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"objective.rollout.{k}={v!r}: must be a positive integer")
+        if ro.branch_top < 0:
+            raise UserError(f"objective.rollout.branch_top={ro.branch_top!r}: must be >= 0 "
+                            "(0: branch every open node)")
+        if ro.policy not in ("tree", "hf"):
+            raise UserError(f"objective.rollout.policy={ro.policy!r}: must be tree or hf")
+    if ro.search:
+        from ..plugin_manager import get_registry
+
+        reg = get_registry("search")
+        if ro.search not in reg:
+            raise UserError(f"objective.rollout.search={ro.search!r}: no such search; registered: "
+                            f"{', '.join(reg.names())} (or null for plain sampling)")
+        if getattr(objective, "rollout_source", None) == "tree":
+            raise UserError(f"objective.rollout.search={ro.search!r}: tree_grpo samples its own "
+                            "trees; use objective=grpo or ppo with a search")
