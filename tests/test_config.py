@@ -217,3 +217,30 @@ def test_embedding_doc_example_runs():
     assert scope["parts"].task is scope["mine"]
     with pytest.raises(ConfigError, match="task=nope: unknown option of task; options: "):
         exec(code[-1], scope)
+
+
+# --- issue 18: tree_grpo and search-in-the-loop rollouts ----------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective=grpo", "objective.rollout.search=beam", "++objective.rollout.search_args={n: 4, beam_width: 2}"],
+    ["objective=ppo", "objective.rollout.search=mcts", "objective.rollout.search_prm=null",
+     "objective.rollout.max_steps=4", "objective.rollout.max_step_tokens=16"],
+    ["objective=tree_grpo", "objective.rollout.branch_top=1", "objective.shared_weight=once",
+     "objective.rollout.policy=hf", "objective.rollout.tree_width=4"],
+])
+def test_new_rollout_options_compose_and_build(overrides):
+    """The rollout.search options of grpo / ppo and every tree_grpo option compose and build."""
+    cfg = compose(overrides + ["kernels=reference"])
+    comps = build(cfg)
+    o = cfg.objective
+    assert comps.objective is not None and comps.objective.name == o.name
+    if "search" in o.rollout:
+        assert o.rollout.search in ("beam", "mcts")
+        from lrm_engine.train.rl_run import RolloutSettings
+        from lrm_engine.train.sft import _coerce
+
+        ro = _coerce(RolloutSettings, OmegaConf.to_container(o.rollout, resolve=True))
+        assert ro.search == o.rollout.search
+    else:
+        assert comps.objective.shared_weight == "once" and o.rollout.branch_top == 1

@@ -307,6 +307,15 @@ def test_lrm_plugins_lists_builtins_with_versions():
             assert set(names) <= set(doc["registries"][kind])
 
 
+def test_lrm_plugins_lists_tree_grpo():
+    r = run_lrm("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert "tree_grpo" in doc["registries"]["objective"]
+    plugins = {p["name"]: p for p in doc["plugins"]}
+    assert "tree_grpo" in plugins["builtin.objectives"]["registers"]["objective"]
+
+
 def test_disable_env_in_subprocess():
     r = run_lrm("plugins", "--json", env={"LRM_ENGINE_DISABLE_PLUGINS": "builtin.kernels"})
     assert r.returncode == 0, r.stderr

@@ -28,3 +28,9 @@ from .rest_mcts import RestMCTSObjective, make_rest_mcts_objective  # noqa: E402
 
 FACTORIES.update({"vineppo": make_vineppo_objective, "rest_mcts": make_rest_mcts_objective})
 __all__ += ["VinePPOObjective", "RestMCTSObjective"]
+
+# Tree-structured GRPO (TreeRL segment advantages on groups sampled as trees).
+from .tree_grpo import TreeGRPOObjective, make_tree_grpo_objective  # noqa: E402
+
+FACTORIES.update({"tree_grpo": make_tree_grpo_objective})
+__all__ += ["TreeGRPOObjective"]

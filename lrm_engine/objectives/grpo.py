@@ -111,6 +111,9 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
               dapo_normalizer: float | None = None):
     """``(loss, metrics)`` from per-token log-probs ``[N, T]`` (module docstring).
 
+    ``advantages``: ``[N]`` (one per sequence, GRPO) or ``[N, T]`` (one per token, e.g. the
+    segment advantages of ``tree_grpo``); the formulas above hold with ``A_{i,t}`` for ``A_i``.
+
     ``dapo_normalizer``: the step's completion-token count for ``dapo`` (default: this
     micro-batch's, which the loop's token-count weights turn into the step's).
     """
@@ -122,7 +125,8 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
     zero = torch.zeros_like(logps)
     lp = torch.where(m, logps, zero)
     old = lp.detach() if old_logps is None else torch.where(m, old_logps.to(logps.dtype), zero)
-    A = advantages.to(logps.dtype).reshape(-1, 1)
+    A = advantages.to(logps.dtype)
+    A = A if A.dim() == 2 else A.reshape(-1, 1)  # [N] per sequence, or [N, T] per token (tree_grpo)
     ratio = torch.exp(lp - old)
     clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_hi)
     per = -torch.minimum(ratio * A, clipped * A)

@@ -152,7 +152,21 @@ class GroupRolloutSource:
                                  "rewards": r, "group_offsets": torch.tensor(offsets),
                                  "max_completion_length": self.max_new_tokens,
                                  "accuracy": float(torch.tensor(verified).mean())}
+        self._count(batch)
         return batch, list(idx)
+
+    # ------------------------------------------------------------ counters (bench/rl.py)
+    def _count(self, batch) -> None:
+        """Add a batch's rows and tokens (prompt + completion per row: what i.i.d. sampling
+        computes at least; generate's padding is not counted) to the run totals."""
+        t = self.__dict__.setdefault("_totals", {"iid_tokens": 0, "leaves": 0})
+        t["iid_tokens"] += int(batch["attention_mask"].sum())
+        t["leaves"] += int(batch["attention_mask"].shape[0])
+
+    def totals(self) -> dict[str, float]:
+        """Run totals: completions (leaves) and their tokens, and tokens per completion."""
+        t = dict(self.__dict__.get("_totals") or {"iid_tokens": 0, "leaves": 0})
+        return t | {"iid_tokens_per_leaf": t["iid_tokens"] / max(t["leaves"], 1)}
 
     @property
     def epoch(self) -> float:
@@ -160,7 +174,8 @@ class GroupRolloutSource:
 
     def state_dict(self) -> dict:
         return {"position": self.position, "num_prompts": len(self.examples), "seed": self.seed,
-                "prompts_per_batch": self.prompts_per_batch, "num_generations": self.num_generations}
+                "prompts_per_batch": self.prompts_per_batch, "num_generations": self.num_generations,
+                "totals": dict(self.__dict__.get("_totals") or {})}
 
     def load_state_dict(self, state: Mapping) -> None:
         mine = self.state_dict()
@@ -169,3 +184,5 @@ class GroupRolloutSource:
                 raise ValueError(f"cannot resume: rollout settings changed ({k}: checkpoint "
                                  f"{state[k]!r}, now {mine[k]!r})")
         self.position = int(state["position"])
+        if state.get("totals"):
+            self._totals = {k: int(v) for k, v in state["totals"].items()}

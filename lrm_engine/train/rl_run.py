@@ -52,10 +52,22 @@ class RolloutSettings:
     num_generations: int = 8
     temperature: float = 1.0
     max_new_tokens: int = 128
-    # vineppo only: Monte-Carlo rollouts per state, step limits of the tree engine.
+    # vineppo only: Monte-Carlo rollouts per state, step limits of the tree engine (also those
+    # of tree_grpo's trees and of searched rollouts).
     mc_rollouts: int = 4
     max_steps: int = 10
     max_step_tokens: int = 24
+    # grpo / ppo: a registered search (with search_args) and its PRM produce each group
+    # (lrm_engine.train.rl_search_rollout); None: plain sampling.
+    search: str | None = None
+    search_args: dict | None = None
+    search_prm: str | None = "default"
+    # tree_grpo only: the tree's shape (lrm_engine.train.rl_tree.TreeRolloutSource).
+    tree_width: int = 2
+    branch_factor: int = 2
+    branch_depth: int = 3
+    branch_top: int = 0
+    policy: str = "tree"
 
 
 @dataclass
@@ -129,10 +141,9 @@ def prm_reward_fn(prm_dir: str | Path, task, weight: float = 1.0) -> Callable:
 def greedy_accuracy(model, tokenizer, task, *, split: str = "test", num_problems: int | None = 100,
                     max_steps: int = 10, max_step_tokens: int = 24, batch_size: int = 32) -> dict:
     """Greedy accuracy through the tree engine (HFPolicy + GreedySearch), graded by the task."""
-    from lrm_builtin.search.greedy import GreedySearch
-
     from ..core.engine import SearchContext
     from ..models.hf_policy import HFPolicy
+    from .rl_search_rollout import build_search
 
     exs = []
     for i, ex in enumerate(task.examples(split)):
@@ -143,7 +154,7 @@ def greedy_accuracy(model, tokenizer, task, *, split: str = "test", num_problems
     policy = HFPolicy(model, tokenizer, step=task.step, max_step_tokens=max_step_tokens,
                       kv_budget_mb=256)
     ctx = SearchContext(policy=policy, step=task.step, prompt=task.prompt, max_steps=max_steps)
-    search = GreedySearch()
+    search = build_search("greedy")  # through the registry: the engine imports no plugin
     correct = 0
     t0 = time.perf_counter()
     try:
@@ -175,6 +186,7 @@ def train_rollout(
 
     run_dir = Path(run_dir)
     ro = _coerce(RolloutSettings, rollout)
+    check_rollout_settings(objective, ro)  # before any model work: one-line user errors
     train_cfg = _coerce(TrainConfig, train)
     ev = None if evaluate is False else _coerce(EvalSettings, None if evaluate is True else evaluate)
     if ev is not None and not ev.enabled:
@@ -183,8 +195,7 @@ def train_rollout(
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     policy, tok = load_policy(model)
-    if getattr(objective, "max_completion_length", "n/a") is None:
-        objective.max_completion_length = ro.max_new_tokens
+    derive_L = getattr(objective, "max_completion_length", "n/a") is None  # dr_grpo's L
     eval_kw = {} if ev is None else {k: v for k, v in asdict(ev).items() if k != "enabled"}
     before = None
     if ev is not None:
@@ -212,8 +223,11 @@ def train_rollout(
                                    max_steps=ro.max_steps, max_step_tokens=ro.max_step_tokens,
                                    reward_fn=reward_fn, **common)
     else:
-        source = GroupRolloutSource(policy, tok, task, max_new_tokens=ro.max_new_tokens,
-                                    reward_fn=reward_fn, **common)
+        source = (tree_or_search_source(objective, ro, policy, tok, task, reward_fn, common)
+                  or GroupRolloutSource(policy, tok, task, max_new_tokens=ro.max_new_tokens,
+                                        reward_fn=reward_fn, **common))
+    if derive_L:
+        objective.max_completion_length = int(getattr(source, "max_new_tokens", ro.max_new_tokens))
     passes = int(getattr(objective, "rollout_passes", 1))
     if passes > 1:  # num_iterations / num_ppo_epochs: old log-probs from rollout time
         from .rl_replay import ReplaySource
@@ -231,6 +245,9 @@ def train_rollout(
     save_model_quietly(policy, out)
     tok.save_pretrained(str(out))
     result.model_dir = str(out)
+    totals = getattr(getattr(source, "source", source), "totals", None)
+    if callable(totals):  # tree rollouts: tokens computed vs the i.i.d. equivalent, leaves
+        result.metrics = dict(result.metrics) | {"rollout_totals": totals()}
     if ev is not None:
         af = run_dir / "eval.json"
         doc = json.loads(af.read_text()) if af.is_file() else {}
@@ -243,3 +260,56 @@ def train_rollout(
     (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
                                                     indent=1, default=str))
     return result
+
+
+def tree_or_search_source(objective, ro: RolloutSettings, policy, tok, task, reward_fn,
+                          common: Mapping[str, Any]):
+    """The rollout source of ``tree_grpo`` (groups sampled as trees) or of a searched rollout
+    (``ro.search`` set, grpo / ppo); None: plain sampling (GroupRolloutSource)."""
+    if getattr(objective, "rollout_source", None) == "tree":
+        from .rl_tree import TreeRolloutSource
+
+        kw = {k: v for k, v in common.items() if k != "num_generations"}
+        return TreeRolloutSource(policy, tok, task, tree_width=ro.tree_width,
+                                 branch_factor=ro.branch_factor, branch_depth=ro.branch_depth,
+                                 branch_top=ro.branch_top, policy=ro.policy,
+                                 max_steps=ro.max_steps, max_step_tokens=ro.max_step_tokens,
+                                 shared_weight=getattr(objective, "shared_weight", "sqrt"),
+                                 reward_fn=reward_fn, **kw)
+    if ro.search:
+        from .rl_search_rollout import SearchRolloutSource, build_search_prm
+
+        kw = {k: v for k, v in common.items() if k != "num_generations"}
+        dev = str(next(policy.parameters()).device)
+        return SearchRolloutSource(policy, tok, task, search=ro.search, search_args=ro.search_args,
+                                   reward_model=build_search_prm(ro.search_prm, dev),
+                                   max_steps=ro.max_steps, max_step_tokens=ro.max_step_tokens,
+                                   reward_fn=reward_fn, **kw)
+    return None
+
+
+def check_rollout_settings(objective, ro: RolloutSettings) -> None:
+    """The tree shape (tree_grpo) and the search (rollout.search) a user chose: a
+    :class:`~lrm_engine.errors.UserError` naming the field, the value and the fix."""
+    from ..errors import UserError
+
+    if getattr(objective, "rollout_source", None) == "tree":
+        for k in ("tree_width", "branch_factor", "branch_depth", "max_steps", "max_step_tokens"):
+            v = getattr(ro, k)
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"objective.rollout.{k}={v!r}: must be a positive integer")
+        if ro.branch_top < 0:
+            raise UserError(f"objective.rollout.branch_top={ro.branch_top!r}: must be >= 0 "
+                            "(0: branch every open node)")
+        if ro.policy not in ("tree", "hf"):
+            raise UserError(f"objective.rollout.policy={ro.policy!r}: must be tree or hf")
+    if ro.search:
+        from ..plugin_manager import get_registry
+
+        reg = get_registry("search")
+        if ro.search not in reg:
+            raise UserError(f"objective.rollout.search={ro.search!r}: no such search; registered: "
+                            f"{', '.join(reg.names())} (or null for plain sampling)")
+        if getattr(objective, "rollout_source", None) == "tree":
+            raise UserError(f"objective.rollout.search={ro.search!r}: tree_grpo samples its own "
+                            "trees; use objective=grpo or ppo with a search")

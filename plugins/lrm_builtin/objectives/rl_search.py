@@ -1,16 +1,20 @@
-"""Option schemas of ``vineppo`` (MC values through the tree engine) and ``rest_mcts``
-(ReST-MCTS* self-training); the package's ``__init__`` adds them to ``OBJECTIVES`` / ``RUN_KEYS``.
-The user-facing options are conf/objective/vineppo.yaml and conf/objective/rest_mcts.yaml."""
+"""Option schemas of ``vineppo`` (MC values through the tree engine), ``rest_mcts`` (ReST-MCTS*
+self-training), ``tree_grpo`` (groups sampled as trees, TreeRL segment advantages) and the
+search-in-the-loop rollouts of ``grpo`` / ``ppo`` (``rollout.search``: a registered search
+with the PRM produces each group); the package's ``__init__`` adds them to ``OBJECTIVES`` /
+``RUN_KEYS``. The user-facing options are conf/objective/<name>.yaml."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from lrm_engine.config import ObjectiveConfig
 
 from . import ModelInitConfig, TrainLoopConfig
-from .pref_rl import RLEvalConfig, RLPRMConfig
+from .pref_rl import (GRPOObjectiveConfig, PPOObjectiveConfig, RLEvalConfig, RLPRMConfig,
+                      RolloutConfig)
+from .pref_rl import OBJECTIVES as _PREF_RL_OBJECTIVES
 
 
 @dataclass
@@ -137,3 +141,111 @@ OBJECTIVES = {
     "vineppo": (VinePPOObjectiveConfig, "VinePPO: clipped PPO, MC step values via the tree engine, no critic"),
     "rest_mcts": (RestMCTSObjectiveConfig, "ReST-MCTS*: MCTS+PRM search, verified traces -> policy SFT, values -> PRM"),
 }
+
+
+# --------------------------------------------------------------------- search-in-the-loop RL
+@dataclass
+class SearchRolloutConfig(RolloutConfig):
+    """grpo / ppo rollouts: plain sampling, or (``search`` set) a search with the PRM whose
+    finished solutions form each prompt's group (lrm_engine.train.rl_search_rollout)."""
+
+    # Registry name of the search producing each group (beam, mcts, best_of_n, ...); null: plain sampling (num_generations per prompt).
+    search: Optional[str] = None
+    # Keyword arguments of that search (fields of its conf/search/<name>.yaml; set with `++objective.rollout.search_args={n: 8, beam_width: 2}`).
+    search_args: Dict[str, Any] = field(default_factory=dict)
+    # PRM (prm_token folder) guiding the search; "default": the embedded default PRM of `lrm run`; null: none.
+    search_prm: Optional[str] = "default"
+    # Most steps per searched solution.
+    max_steps: int = 10
+    # Longest step in tokens (searched solutions).
+    max_step_tokens: int = 24
+
+
+@dataclass
+class GRPOSearchObjectiveConfig(GRPOObjectiveConfig):
+    """``objective=grpo``: GRPO; its rollouts sampled, or produced by a search (rollout.search)."""
+
+    # How completions are sampled, or searched (rollout.search).
+    rollout: SearchRolloutConfig = field(default_factory=SearchRolloutConfig)
+
+
+@dataclass
+class PPOSearchObjectiveConfig(PPOObjectiveConfig):
+    """``objective=ppo``: PPO; its rollouts sampled, or produced by a search (rollout.search)."""
+
+    # How completions are sampled, or searched (rollout.search).
+    rollout: SearchRolloutConfig = field(default_factory=SearchRolloutConfig)
+
+
+# ------------------------------------------------------------------------------- tree_grpo
+@dataclass
+class TreeRolloutConfig:
+    """How a tree_grpo run samples each group as one tree (lrm_engine.train.rl_tree)."""
+
+    # Task split the prompts come from.
+    split: str = "train"
+    # Use the first this many problems of the split (null: all).
+    num_prompts: Optional[int] = 2000
+    # Prompts (trees) per rollout batch.
+    prompts_per_batch: int = 8
+    # m: children of the root.
+    tree_width: int = 2
+    # k: children of every node of depth 1 .. branch_depth - 1 (branching at the step delimiter).
+    branch_factor: int = 2
+    # d: depth of the last branching; below it paths grow one step at a time (m*k^(d-1) leaves).
+    branch_depth: int = 3
+    # Entropy branching: branch only the t open nodes per tree of highest step surprisal at each depth (0: all).
+    branch_top: int = 0
+    # Engine policy that grows the trees: tree (tree attention over shared segments) or hf.
+    policy: str = "tree"
+    # Sampling temperature.
+    temperature: float = 1.0
+    # Most steps per solution (path depth).
+    max_steps: int = 10
+    # Longest step in tokens.
+    max_step_tokens: int = 24
+
+
+@dataclass
+class TreeGRPOObjectiveConfig(ObjectiveConfig):
+    """``objective=tree_grpo``: GRPO loss on tree-sampled groups, TreeRL segment advantages."""
+
+    # Registry name of the objective.
+    name: str = "tree_grpo"
+    # How tokens of a segment shared by |L| leaves count: sqrt (1/sqrt|L|, TreeRL), once (1/|L|) or none (1).
+    shared_weight: str = "sqrt"
+    # β: weight of the per-token k3 KL to the reference (0: no reference model).
+    beta: float = 0.04
+    # ε: lower clip of the ratio (1 - ε).
+    epsilon: float = 0.2
+    # ε_high: upper clip of the ratio (1 + ε_high; null: ε).
+    epsilon_high: Optional[float] = None
+    # Loss aggregation: grpo, bnpo, dr_grpo or dapo (as objective=grpo).
+    loss_type: str = "grpo"
+    # Optimisation passes over each rollout batch (μ); > 1: old log-probs from rollout time.
+    num_iterations: int = 1
+    # L of dr_grpo's normaliser N·L (null: rollout.max_steps * rollout.max_step_tokens).
+    max_completion_length: Optional[int] = None
+    # Reference model folder, loaded once (null: a frozen copy of the starting policy).
+    ref_model: Optional[str] = None
+    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
+    run_name: Optional[str] = None
+    # How each group's tree is sampled.
+    rollout: TreeRolloutConfig = field(default_factory=TreeRolloutConfig)
+    # The policy to train (init null: the embedded default SFT policy of `lrm run`).
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    # Training-loop knobs.
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # Optional PRM reward added to the verifier's.
+    prm: RLPRMConfig = field(default_factory=RLPRMConfig)
+    # Greedy accuracy before / after (not part of the run's settings hash).
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+
+
+_RL_RUN = ("run_name", "rollout", "model", "train", "prm", "eval")
+RUN_KEYS["tree_grpo"] = _RL_RUN
+OBJECTIVES["tree_grpo"] = (TreeGRPOObjectiveConfig,
+                           "tree-sampled groups (shared prefixes), TreeRL global+local segment advantages")
+# grpo / ppo with the rollout.search option (replaces pref_rl's schemas; same descriptions).
+OBJECTIVES["grpo"] = (GRPOSearchObjectiveConfig, _PREF_RL_OBJECTIVES["grpo"][1])
+OBJECTIVES["ppo"] = (PPOSearchObjectiveConfig, _PREF_RL_OBJECTIVES["ppo"][1])
