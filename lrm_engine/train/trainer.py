@@ -329,6 +329,7 @@ class Trainer:
             _random.seed(cfg.seed)
         model = self.model.to(self.device)
         model.train()
+        dist_.broadcast_params([model])  # rank 0's starting weights everywhere (as DDP does)
         self._hook("setup", model, self.device)
         extra = self._extra_modules()
         for m in extra.values():
@@ -342,7 +343,7 @@ class Trainer:
         if latest is not None:
             # weights (and RNG) now, into the whole model; the optimizer once it exists
             state = ckpt.load_checkpoint(latest, model=model, optimizer=None, extra_modules=extra)
-        dist_.broadcast_params([model, *extra.values()])
+        dist_.broadcast_params(list(extra.values()))
         if fsdp:
             dist_.fully_shard_model(model, self.device)
             self._fsdp = True
