@@ -223,9 +223,19 @@ def test_fsdp_on_a_cpu_mesh_of_2(sft_one, tmp_path):
     l1, l2 = losses(one["run_dir"]), losses(two["run_dir"])
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-5
     assert_same_weights(one["model_dir"], two["model_dir"])
-    # its checkpoints have the one layout: they load into a plain model
-    assert_same_weights(Path(one["run_dir"]) / "checkpoints/step_4",
-                        Path(two["run_dir"]) / "checkpoints/step_4")
+    # its checkpoints have the one layout (full weights, index-keyed optimizer state)
+    c1, c2 = Path(one["run_dir"]) / "checkpoints/step_4", Path(two["run_dir"]) / "checkpoints/step_4"
+    assert_same_weights(c1, c2)
+    o1, o2 = load_file(str(c1 / "optimizer.safetensors")), load_file(str(c2 / "optimizer.safetensors"))
+    assert o1.keys() == o2.keys()
+    assert max(float((o1[k] - o2[k]).abs().max()) for k in o1) < 1e-5
+    # and it resumes: rank 1 dies after step 5, the same command ends at step 6 from step_4
+    cmd = ["train", *SFT, "objective.train.micro_batch_size=4", "objective.train.strategy=fsdp",
+           f"runtime.output_dir={tmp_path / 'again'}"]
+    assert torchrun(*cmd, env={"LRM_TEST_EXIT_AFTER_STEP": "1:5"}).returncode != 0
+    again = summary(torchrun(*cmd))
+    assert again["resumed_from"] == 4 and again["steps"] == 6
+    assert_same_weights(one["model_dir"], again["model_dir"])
 
 
 def test_strategy_is_checked():

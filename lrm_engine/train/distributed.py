@@ -276,13 +276,27 @@ def _full_options():
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def full_model_state(model) -> dict:
+    """Gathered full weights of an FSDP model (a collective; rank 0 gets them). A tensor tied to
+    an earlier one (the output head tied to the embeddings) is left out, as ``save_pretrained``
+    leaves it out of an unsharded model."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    msd = get_model_state_dict(model, options=_full_options())
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(p), name) != name:
+            msd.pop(name, None)
+    return msd
+
+
 def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
     """Gathered full model weights and optimizer state (index-keyed, as
     ``optimizer.state_dict()`` of an unsharded run); a collective: every rank calls it, rank 0
     gets the tensors, the others empty dicts."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    msd = get_model_state_dict(model, options=_full_options())
+    msd = full_model_state(model)
     osd = get_optimizer_state_dict(model, optimizer, options=_full_options())
     order = [fqn for g in osd.get("param_groups", []) for fqn in g["params"]]
     index = {fqn: i for i, fqn in enumerate(order)}

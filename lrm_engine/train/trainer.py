@@ -255,10 +255,7 @@ class Trainer:
         ``strategy=fsdp`` every rank must call it: the full weights are gathered first."""
         state = None
         if self._fsdp:
-            from .distributed import _full_options
-            from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-            state = get_model_state_dict(self.model, options=_full_options())
+            state = dist_.full_model_state(self.model)
         if dist_.is_main():
             ckpt.save_model_quietly(self.model, Path(folder), state)
 
