@@ -32,7 +32,7 @@ PRM = ["objective=prm", "task=arith", "objective.data=oracle", "runtime.num_thre
        "objective.train.save_every=2"]
 
 
-def torchrun(*args: str, nproc: int = 2, env: dict | None = None, timeout: float = 150):
+def torchrun(*args: str, nproc: int = 2, env: dict | None = None, timeout: float = 300):
     """``torchrun --standalone --nproc_per_node=<nproc> -m lrm_engine <args>`` (a free port)."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
@@ -98,7 +98,7 @@ def sft_one(tmp_path_factory):
     """The reference: one process at micro batch 8, uninterrupted."""
     root = tmp_path_factory.mktemp("sft1")
     return root, summary(run_lrm("train", *SFT, "objective.train.micro_batch_size=8",
-                                 f"runtime.output_dir={root}", timeout=150))
+                                 f"runtime.output_dir={root}", timeout=300))
 
 
 def test_sft_two_ranks_at_4_equal_one_process_at_8(sft_one, tmp_path):
@@ -153,14 +153,14 @@ def test_killed_rank_stops_the_other_and_the_same_command_resumes_on_2_and_on_1(
                     root / "train" / run / "checkpoints" / "step_2")
     shutil.copytree(tmp_path / "train" / run / "tokenizer", root / "train" / run / "tokenizer")
     solo = summary(run_lrm("train", *SFT, "objective.train.micro_batch_size=8",
-                           f"runtime.output_dir={root}", timeout=150))
+                           f"runtime.output_dir={root}", timeout=300))
     assert solo["resumed_from"] == 2 and solo["steps"] == 6
     assert_same_weights(one["model_dir"], solo["model_dir"])
 
 
 def test_prm_two_ranks_equal_one_process(tmp_path):
     one = summary(run_lrm("train", *PRM, "objective.train.micro_batch_size=8",
-                          f"runtime.output_dir={tmp_path / 'a'}", timeout=150))
+                          f"runtime.output_dir={tmp_path / 'a'}", timeout=300))
     two = summary(torchrun("train", *PRM, "objective.train.micro_batch_size=4",
                            f"runtime.output_dir={tmp_path / 'b'}"))
     same_summary(one, two, tmp_path / "a", tmp_path / "b")
@@ -181,7 +181,7 @@ def test_dpo_two_ranks_equal_one_process(tmp_path):
             "objective.train.total_steps=3", "objective.train.warmup_steps=0",
             "objective.train.save_every=3"]
     one = summary(run_lrm(*args, "objective.train.micro_batch_size=4",
-                          f"runtime.output_dir={tmp_path / 'a'}", timeout=150))
+                          f"runtime.output_dir={tmp_path / 'a'}", timeout=300))
     two = summary(torchrun(*args, "objective.train.micro_batch_size=2",
                            f"runtime.output_dir={tmp_path / 'b'}"))
     same_summary(one, two, tmp_path / "a", tmp_path / "b")
@@ -203,7 +203,7 @@ def test_grpo_ranks_generate_for_disjoint_prompts(tmp_path):
             "objective.rollout.num_generations=4", "objective.rollout.max_new_tokens=16",
             "objective.eval.enabled=false"]
     one = summary(run_lrm(*args, "objective.rollout.prompts_per_batch=4",
-                          f"runtime.output_dir={tmp_path / 'a'}", env=env, timeout=150))
+                          f"runtime.output_dir={tmp_path / 'a'}", env=env, timeout=300))
     two = summary(torchrun(*args, "objective.rollout.prompts_per_batch=2",
                            f"runtime.output_dir={tmp_path / 'b'}", env=env))
     assert two["steps"] == 2

@@ -26,6 +26,17 @@ Outputs under ``run_dir``:
   to the checkpoint's step on resume, so after any number of interruptions it lists every step
   exactly once.
 
+Data parallel (started by torchrun, ``WORLD_SIZE`` > 1; :mod:`lrm_engine.train.distributed`):
+every rank draws its slice of each global micro-batch (the one a single process draws at
+``micro_batch_size x world size``); the micro-batch weights are all-reduced so each rank
+back-propagates ``w_i / W_global * loss_i``; gradients are summed over ranks (``strategy=ddp``)
+or reduce-scattered by FSDP2 (``strategy=fsdp``); the step's loss, metrics, token count and
+example list are reduced to the global step's. Rank 0 alone writes (checkpoints, data log,
+TensorBoard, progress bar, callbacks); a data-log line also says which rank consumed which
+examples (``ranks``). Checkpoints hold full weights and index-keyed optimizer state whatever the
+strategy, and the batch source's global position, so they resume on any world size with the same
+global micro-batch.
+
 Resume (``resume=True``, the default): a start finds the newest complete checkpoint, restores
 weights, optimizer, RNG, the batch source's position and the objective's state, and continues
 at the next step; the run ends at ``total_steps`` whatever the number of interruptions, and an
@@ -123,7 +134,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a training run did (this process's part, plus where things are)."""
+    """What a training run did (this process's part, plus where things are). Under torchrun
+    losses, tokens and metrics are those of the global steps (the same on every rank)."""
 
     run_dir: str
     # Global step reached (== total_steps unless the run failed).
