@@ -90,6 +90,7 @@ def note_progress(step: int, checkpoint: str | None) -> None:
 
 def stop_message(reason: str) -> str:
     """``lrm train: rank r of N stopped at step s (reason); ...`` — one line."""
+    _progress["reported"] = True
     ck = _progress["checkpoint"]
     where = (f"the same command resumes from {ck}" if ck else
              "no checkpoint yet: the same command starts again")
@@ -98,7 +99,8 @@ def stop_message(reason: str) -> str:
 
 
 def _on_sigterm(signum, frame):  # torchrun stops the surviving workers with SIGTERM
-    print(stop_message("stopped by torchrun: another rank failed"), file=sys.stderr, flush=True)
+    if not _progress.get("reported"):  # one line per rank, also when already reported
+        print(stop_message("stopped by torchrun: another rank failed"), file=sys.stderr, flush=True)
     os._exit(128 + signum)
 
 

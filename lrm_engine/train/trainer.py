@@ -308,8 +308,9 @@ class Trainer:
             return self._train()
         except Exception as e:
             if dist_.active() and dist_.is_comm_error(e):
+                detail = " ".join(str(e).split())[:160]
                 raise dist_.PeerLost(dist_.stop_message(
-                    f"lost contact with the other ranks: {type(e).__name__}")) from e
+                    f"lost contact with the other ranks: {detail}")) from e
             raise
 
     def _train(self) -> TrainResult:
