@@ -244,3 +244,28 @@ def test_new_rollout_options_compose_and_build(overrides):
         assert ro.search == o.rollout.search
     else:
         assert comps.objective.shared_weight == "once" and o.rollout.branch_top == 1
+
+
+# --- data-parallel training knobs (issue 17) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", sorted(o for o in all_options()["objective"]
+                                          if "train" in compose([f"objective={o}"]).objective))
+def test_train_strategy_and_timeout_compose_into_the_loop_config(option):
+    from lrm_engine.verbs.train import _train_config, settings_hash
+
+    base = compose([f"objective={option}", "task=arith"])
+    assert base.objective.train.strategy == "ddp" and base.objective.train.dist_timeout_s == 600.0
+    cfg = compose([f"objective={option}", "task=arith", "objective.train.strategy=fsdp",
+                   "objective.train.dist_timeout_s=30"])
+    tc = _train_config(cfg)
+    assert tc.strategy == "fsdp" and tc.dist_timeout_s == 30.0
+    # how the ranks are laid out is not what is trained: the run folder stays the same
+    assert settings_hash(cfg) == settings_hash(base)
+
+
+def test_there_is_no_trainer_group_yet():
+    # the strategy knob lives with the other loop knobs (objective.train.strategy)
+    with pytest.raises(ConfigError) as e:
+        compose(["objective=sft", "trainer.strategy=fsdp"])
+    assert "trainer" in str(e.value)

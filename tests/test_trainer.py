@@ -224,3 +224,33 @@ def test_restart_before_first_checkpoint_starts_clean(tmp_path):
     assert res.steps == 3 and res.resumed_from == 0
     log = read_data_log(tmp_path)
     assert [r["step"] for r in log] == [1, 2, 3] and all(len(r["examples"]) == 4 for r in log)
+
+
+def test_sharded_sources_split_the_single_process_batches():
+    """Data parallel: rank r of W at batch B takes the r-th slice of what one process draws at
+    W x B; the position stays global, so the state resumes on any world size."""
+    tok = build_char_tokenizer()
+    ds = SFTDataset(arith_like(37), tok, max_length=64)
+    one = SFTBatchSource(ds, 6, seed=3)
+    shards = [SFTBatchSource(ds, 2, seed=3) for _ in range(3)]
+    for r, s in enumerate(shards):
+        s.shard(r, 3)
+    for _ in range(15):  # crosses epoch boundaries (37 units)
+        _, ex1 = one.next_batch()
+        parts = [s.next_batch()[1] for s in shards]
+        assert [e for p in parts for e in p] == ex1
+    assert all(s.state_dict() == one.state_dict() for s in shards)
+    solo = SFTBatchSource(ds, 6, seed=3)
+    solo.load_state_dict(shards[1].state_dict())  # 3 ranks -> 1 process
+    assert solo.next_batch()[1] == one.next_batch()[1]
+    other = SFTBatchSource(ds, 2, seed=3)  # a different global batch is refused
+    with pytest.raises(ValueError, match="micro_batch_size x number of processes"):
+        other.load_state_dict(shards[0].state_dict())
+
+
+def test_train_config_checks_the_strategy():
+    from lrm_engine.train import TrainConfig
+
+    assert TrainConfig(strategy="fsdp").strategy == "fsdp"
+    with pytest.raises(ValueError, match="strategy must be one of ddp, fsdp"):
+        TrainConfig(strategy="zero3")

@@ -158,14 +158,17 @@ def load_weights_into(model: torch.nn.Module, folder: Path, prefix: str = "model
 # --------------------------------------------------------------------------- save / find / load
 
 
-def save_model_quietly(model, folder: Path) -> None:
-    """``model.save_pretrained(folder)`` (safetensors) without transformers' shard progress bar."""
+def save_model_quietly(model, folder: Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+    """``model.save_pretrained(folder)`` (safetensors) without transformers' shard progress bar;
+    ``state_dict``: the weights to write instead of the model's own (an FSDP model's gathered
+    full state)."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        kw = {} if state_dict is None else {"state_dict": dict(state_dict)}
+        model.save_pretrained(str(folder), safe_serialization=True, **kw)
     finally:
         if was:
             hf_logging.enable_progress_bar()
@@ -211,8 +214,15 @@ def clean_partial(root: Path) -> list[Path]:
 
 def save_checkpoint(root: Path, step: int, *, model, optimizer, state: dict,
                     extra_modules: Mapping[str, torch.nn.Module] | None = None,
-                    tokenizer=None, keep_last: int = 2) -> Path:
-    """Write ``root/step_<step>`` atomically (see the module docstring); prune to ``keep_last``."""
+                    tokenizer=None, keep_last: int = 2,
+                    model_state_dict: Mapping[str, torch.Tensor] | None = None,
+                    optimizer_state: Mapping | None = None) -> Path:
+    """Write ``root/step_<step>`` atomically (see the module docstring); prune to ``keep_last``.
+
+    ``model_state_dict`` / ``optimizer_state``: full (unsharded) weights and optimizer state
+    (index-keyed, as ``optimizer.state_dict()``) to write instead of the live ones — an FSDP
+    run gathers them, so every checkpoint has one layout whatever the world size or strategy.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
@@ -220,13 +230,14 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, state: dict,
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model_quietly(model, tmp)
+    save_model_quietly(model, tmp, model_state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     for name, mod in (extra_modules or {}).items():
         save_file({k: v.detach().cpu().contiguous() for k, v in mod.state_dict().items()},
                   str(tmp / f"{name}.safetensors"))
-    opt_t, opt_meta = optimizer_state_to_flat(optimizer.state_dict())
+    opt_t, opt_meta = optimizer_state_to_flat(optimizer.state_dict() if optimizer_state is None
+                                              else optimizer_state)
     save_file(opt_t, str(tmp / OPTIM_FILE))
     rng_t, rng_meta = capture_rng()
     save_file(rng_t, str(tmp / RNG_FILE))
@@ -254,7 +265,12 @@ def load_checkpoint(path: Path, *, model, optimizer=None,
     for name, mod in (extra_modules or {}).items():
         mod.load_state_dict(load_file(str(path / f"{name}.safetensors")))
     if optimizer is not None:
-        optimizer.load_state_dict(optimizer_state_from_flat(load_file(str(path / OPTIM_FILE)), state["optimizer"]))
+        optimizer.load_state_dict(load_optimizer_state(path, state))
     if restore_rng_state:
         restore_rng(load_file(str(path / RNG_FILE)), state["rng"])
     return state
+
+
+def load_optimizer_state(path: Path, state: Mapping) -> dict:
+    """The checkpoint's optimizer state, as ``optimizer.state_dict()`` gives it (index-keyed)."""
+    return optimizer_state_from_flat(load_file(str(Path(path) / OPTIM_FILE)), state["optimizer"])

@@ -268,15 +268,25 @@ class DatasetBatchSource(ABC):
             raise ValueError("batch_size must be positive")
         self.dataset, self.batch_size = dataset, batch_size
         self.order = DataOrder(len(dataset), seed, shuffle)
-        self.position = 0  # stream position of the next unit
+        self.position = 0  # stream position of the next global micro-batch
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Data parallel: the global micro-batch is ``batch_size * world`` units (what one
+        process at that batch size draws); this rank takes units ``[rank * batch_size,
+        (rank + 1) * batch_size)`` of it. ``position`` stays a global stream position, so a
+        checkpoint resumes on any world size with the same global micro-batch."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
+        self.rank, self.world = rank, world
 
     @abstractmethod
     def collate(self, units: list) -> tuple[Any, list[int]]:
         """The batch of these units and the indices of the examples they hold."""
 
     def next_batch(self):
-        idx = self.order.take(self.position, self.batch_size)
-        self.position += self.batch_size
+        idx = self.order.take(self.position + self.rank * self.batch_size, self.batch_size)
+        self.position += self.batch_size * self.world
         return self.collate([self.dataset.units[i] for i in idx])
 
     @property
@@ -285,17 +295,18 @@ class DatasetBatchSource(ABC):
 
     def state_dict(self) -> dict:
         return {"position": self.position, "num_units": len(self.dataset), "seed": self.order.seed,
-                "shuffle": self.order.shuffle, "batch_size": self.batch_size,
+                "shuffle": self.order.shuffle, "batch_size": self.batch_size * self.world,
                 "fingerprint": self.dataset.fingerprint()}
 
     def load_state_dict(self, state: Mapping) -> None:
         mine = self.state_dict()
         for k in ("num_units", "seed", "shuffle", "batch_size", "fingerprint"):
             if k in state and state[k] != mine[k]:
+                fix = ("micro_batch_size x number of processes must stay the same"
+                       if k == "batch_size" else "use a new run_dir or the same data settings")
                 raise ValueError(
                     f"cannot resume: the {self.data_name} changed since the checkpoint ({k}: "
-                    f"checkpoint {state[k]!r}, now {mine[k]!r}); use a new run_dir or the same "
-                    f"data settings")
+                    f"checkpoint {state[k]!r}, now {mine[k]!r}); {fix}")
         self.position = int(state["position"])
 
 

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .checkpoint import save_model_quietly
+from . import distributed as dist_
 from .pref_data import PrefBatchSource, PrefDataset, PrefRecord
 from ..leakage import init_dir, problem_id, write_trained_on
 from .sft import _coerce, _run_model, _run_tokenizer
-from .trainer import TrainConfig, Trainer, TrainResult
+from .trainer import TrainConfig, Trainer, TrainResult, join_group
 
 
 @dataclass
@@ -48,8 +48,10 @@ def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective,
     run_dir = Path(run_dir)
     data_cfg = _coerce(PrefDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _run_tokenizer(run_dir, tokenizer, model)
+    join_group(train_cfg)
+    with dist_.main_first():  # rank 0 writes the run's tokenizer, the others read it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = _run_tokenizer(run_dir, tokenizer, model)
 
     dataset = PrefDataset(records, tokenizer, data_cfg.max_length, add_eos=data_cfg.add_eos,
                           completion_suffix=data_cfg.completion_suffix)
@@ -59,19 +61,23 @@ def train_pref(run_dir: str | Path, *, records: Sequence[PrefRecord], objective,
     model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
                        max_length=data_cfg.max_length)
 
-    (run_dir / "run_config.json").write_text(json.dumps({
-        "objective": getattr(objective, "name", None), "model_size": model_size,
-        "model_seed": model_seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
-        "num_records": len(records), "num_pairs": len(dataset), "dropped": dataset.dropped,
-        "dataset_tokens": dataset.num_tokens, "data_info": dict(data_info or {}),
-    }, indent=1, default=str))
-    result = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer,
-                     callbacks=callbacks).train()
+    if dist_.is_main():
+        (run_dir / "run_config.json").write_text(json.dumps({
+            "objective": getattr(objective, "name", None), "model_size": model_size,
+            "model_seed": model_seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
+            "num_records": len(records), "num_pairs": len(dataset), "dropped": dataset.dropped,
+            "dataset_tokens": dataset.num_tokens, "data_info": dict(data_info or {}),
+            "world_size": dist_.world_size(),
+        }, indent=1, default=str))
+    trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer,
+                      callbacks=callbacks)
+    result = trainer.train()
     out = run_dir / "model"
-    save_model_quietly(model, out)
-    tokenizer.save_pretrained(str(out))
-    write_trained_on(out, task_name, [problem_id(r.meta) for r in records], init=init_dir(model_arg))
     result.model_dir = str(out)
-    (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
-                                                    indent=1))
+    trainer.save_model(out)
+    if dist_.is_main():
+        tokenizer.save_pretrained(str(out))
+        write_trained_on(out, task_name, [problem_id(r.meta) for r in records], init=init_dir(model_arg))
+        (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]},
+                                                        indent=1))
     return result

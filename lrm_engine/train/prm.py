@@ -34,10 +34,10 @@ import torch
 
 from ..leakage import check_training_data, init_dir, problem_id, write_trained_on
 from ..metrics import auroc, binary_accuracy
-from .checkpoint import save_model_quietly
 from .prm_data import PRMBatchSource, PRMDataset, PRMRecord, collate_prm, tokenize_prm
 from .sft import _coerce, _run_model, _run_tokenizer
-from .trainer import TrainConfig, Trainer, TrainResult
+from . import distributed as dist_
+from .trainer import TrainConfig, Trainer, TrainResult, join_group
 
 PRM_CONFIG_FILE = "prm_config.json"
 
@@ -267,14 +267,19 @@ def train_prm(
         if task is None or not hasattr(task, "step"):
             raise ValueError("train_prm: give task= (its step delimiter is the step tag) or step_tag=")
         step_tag = task.step.delimiter
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = join_group(train_cfg)
 
     extra = step_tag + (task.step.answer_prefix if task is not None and hasattr(task, "step") else "")
-    tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
+    with dist_.main_first():  # rank 0 writes the run's tokenizer, the others read it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
 
     if objective is None:
         objective = PRMObjective()
     objective.resolve_tokens(tokenizer)
+    fsdp = world > 1 and train_cfg.strategy == "fsdp"
+    if fsdp:  # FSDP unshards in the root module's forward: the head read-out must go through it
+        objective.full_logits = True
     dataset = PRMDataset(records, tokenizer, step_tag=step_tag, max_length=data_cfg.max_length)
     source = PRMBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
                             shuffle=data_cfg.shuffle)
@@ -285,17 +290,18 @@ def train_prm(
         raise ValueError(f"the model's vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
                          f"is smaller than the tokenizer's ({len(tokenizer)})")
 
-    (run_dir / "run_config.json").write_text(json.dumps({
-        "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
-        "model_size": model_size, "model_seed": model_seed, "data": asdict(data_cfg),
-        "train": asdict(train_cfg), "num_records": len(records), "num_units": len(dataset),
-        "dropped_records": dataset.dropped, "truncated_steps": dataset.truncated_steps,
-        "num_steps": dataset.num_steps, "num_good_steps": dataset.num_good,
-        "dataset_tokens": dataset.num_tokens, "step_tag": step_tag,
-        "good_token": objective.good_token, "bad_token": objective.bad_token,
-        "label_mode": objective.label_mode, "readout": getattr(objective, "readout", "tag"),
-        "data_info": dict(data_info or {}),
-    }, indent=1, default=str))
+    if dist_.is_main():
+        (run_dir / "run_config.json").write_text(json.dumps({
+            "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
+            "model_size": model_size, "model_seed": model_seed, "data": asdict(data_cfg),
+            "train": asdict(train_cfg), "num_records": len(records), "num_units": len(dataset),
+            "dropped_records": dataset.dropped, "truncated_steps": dataset.truncated_steps,
+            "num_steps": dataset.num_steps, "num_good_steps": dataset.num_good,
+            "dataset_tokens": dataset.num_tokens, "step_tag": step_tag,
+            "good_token": objective.good_token, "bad_token": objective.bad_token,
+            "label_mode": objective.label_mode, "readout": getattr(objective, "readout", "tag"),
+            "data_info": dict(data_info or {}),
+        }, indent=1, default=str))
 
     can_eval = task is not None and all(callable(getattr(task, n, None))
                                         for n in ("noisy_solutions", "prefix_labels", "grade"))
@@ -309,12 +315,17 @@ def train_prm(
     trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer, callbacks=callbacks)
     result = trainer.train()
     out = run_dir / "model"
-    save_model_quietly(model, out)
+    result.model_dir = str(out)
+    trainer.save_model(out)
+    if not dist_.is_main():  # rank 0 alone writes the model files and evaluates
+        return result
     tokenizer.save_pretrained(str(out))
     write_prm_config(out, objective, tokenizer, step_tag)
     write_trained_on(out, getattr(task, "name", None) or "unknown",
                      [problem_id(r.meta) for r in records], init=init_dir(model_arg))
-    result.model_dir = str(out)
+    if fsdp:  # the sharded model's forward is a collective: rank 0 evaluates the saved one
+        model = _run_model(str(out), tokenizer, model_size=model_size, model_seed=model_seed,
+                           max_length=data_cfg.max_length, quiet=True).to(trainer.device)
 
     if evaluate is not False and can_eval:
         ev = evaluate_prm_on_task(model, tokenizer, task, good_token_id=objective.good_token_id,

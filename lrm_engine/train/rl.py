@@ -50,6 +50,8 @@ class GroupRolloutSource:
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
         self.order = DataOrder(len(exs), seed, shuffle)
         self.position = 0
+        # Data parallel (shard): this rank's slice of each global batch of prompts.
+        self.rank, self.world = 0, 1
         # Optional extra reward: reward_fn(examples, completion_texts) -> list of floats added to
         # the verifier's 1/0 (e.g. the PRM's score of the solution, see lrm_engine.train.rl_run).
         self.reward_fn = reward_fn
@@ -111,11 +113,18 @@ class GroupRolloutSource:
             groups[n // self.num_generations].append(row)
         return groups
 
+    def shard(self, rank: int, world: int) -> None:
+        """Data parallel: a global batch is ``prompts_per_batch * world`` prompts; this rank
+        generates for (only) its ``rank``-th slice of ``prompts_per_batch`` of them, seeded by
+        its slice's stream position; ``position`` stays global."""
+        self.rank, self.world = rank, world
+
     def next_batch(self):
         tok = self.tokenizer
-        idx = self.order.take(self.position, self.prompts_per_batch)
-        gen_seed = self.seed * 1_000_003 + self.position
-        self.position += self.prompts_per_batch
+        first = self.position + self.rank * self.prompts_per_batch
+        idx = self.order.take(first, self.prompts_per_batch)
+        gen_seed = self.seed * 1_000_003 + first
+        self.position += self.prompts_per_batch * self.world
         rows, masks, rewards, offsets = [], [], [], [0]
         prompts = [tok.encode(self.task.prompt(self.examples[i].problem), add_special_tokens=True)
                    for i in idx]
@@ -174,7 +183,8 @@ class GroupRolloutSource:
 
     def state_dict(self) -> dict:
         return {"position": self.position, "num_prompts": len(self.examples), "seed": self.seed,
-                "prompts_per_batch": self.prompts_per_batch, "num_generations": self.num_generations,
+                "prompts_per_batch": self.prompts_per_batch * self.world,
+                "num_generations": self.num_generations,
                 "totals": dict(self.__dict__.get("_totals") or {})}
 
     def load_state_dict(self, state: Mapping) -> None:

@@ -37,7 +37,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .checkpoint import save_model_quietly
 from .sft import _coerce
 from .trainer import TrainConfig, Trainer, TrainResult
 
@@ -182,6 +181,7 @@ def train_rollout(
 ) -> TrainResult:
     """Train a policy on-policy (module docstring); resumable. ``result.metrics['eval']`` holds
     ``{"before": ..., "after": ...}`` greedy accuracies when evaluated."""
+    from . import distributed as dist_
     from .rl import GroupRolloutSource
 
     run_dir = Path(run_dir)
@@ -191,7 +191,11 @@ def train_rollout(
     ev = None if evaluate is False else _coerce(EvalSettings, None if evaluate is True else evaluate)
     if ev is not None and not ev.enabled:
         ev = None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = dist_.is_main()  # under torchrun: rank 0 alone evaluates and writes files
+    if not main:
+        ev = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     policy, tok = load_policy(model)
@@ -234,20 +238,23 @@ def train_rollout(
 
         source = ReplaySource(source, objective, policy, passes=passes, grad_accum=train_cfg.grad_accum,
                               precision=train_cfg.precision)
-    (run_dir / "run_config.json").write_text(json.dumps({
-        "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
-        "model": str(model), "rollout": asdict(ro), "train": asdict(train_cfg), "prm": prm,
-        "eval": eval_kw}, indent=1, default=str))
+    if main:
+        (run_dir / "run_config.json").write_text(json.dumps({
+            "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
+            "model": str(model), "rollout": asdict(ro), "train": asdict(train_cfg), "prm": prm,
+            "eval": eval_kw}, indent=1, default=str))
     trainer = Trainer(policy, MetricsObjective(objective), source, train_cfg, run_dir, tokenizer=tok,
                       callbacks=callbacks)
     result = trainer.train()
     out = run_dir / "model"
-    save_model_quietly(policy, out)
-    tok.save_pretrained(str(out))
     result.model_dir = str(out)
+    trainer.save_model(out)
     totals = getattr(getattr(source, "source", source), "totals", None)
     if callable(totals):  # tree rollouts: tokens computed vs the i.i.d. equivalent, leaves
         result.metrics = dict(result.metrics) | {"rollout_totals": totals()}
+    if not main:
+        return result
+    tok.save_pretrained(str(out))
     if ev is not None:
         af = run_dir / "eval.json"
         doc = json.loads(af.read_text()) if af.is_file() else {}

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..leakage import init_dir, problem_id, write_trained_on
-from .checkpoint import save_model_quietly
 from .data import SFTBatchSource, SFTDataset, SFTExample, sft_examples_from_task
-from .trainer import TrainConfig, Trainer, TrainResult
+from . import distributed as dist_
+from .trainer import TrainConfig, Trainer, TrainResult, join_group
 
 
 @dataclass
@@ -130,12 +130,14 @@ def train_sft(
     model_arg = model
     data_cfg = _coerce(SFTDataConfig, data)
     train_cfg = _coerce(TrainConfig, train)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    join_group(train_cfg)
 
     extra = ""
     if task is not None and hasattr(task, "step"):
         extra = task.step.delimiter + task.step.answer_prefix
-    tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
+    with dist_.main_first():  # rank 0 writes the run's tokenizer, the others read it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = _run_tokenizer(run_dir, tokenizer, model, extra)
 
     if examples is None:
         if task is None:
@@ -153,20 +155,22 @@ def train_sft(
 
         objective = SFTObjective()
 
-    (run_dir / "run_config.json").write_text(json.dumps({
-        "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
-        "model_size": model_size, "model_seed": model_seed, "data": asdict(data_cfg),
-        "train": asdict(train_cfg), "num_examples": len(examples), "num_units": len(dataset),
-        "dataset_tokens": dataset.num_tokens,
-    }, indent=1))
+    if dist_.is_main():
+        (run_dir / "run_config.json").write_text(json.dumps({
+            "objective": getattr(objective, "name", None), "task": getattr(task, "name", None),
+            "model_size": model_size, "model_seed": model_seed, "data": asdict(data_cfg),
+            "train": asdict(train_cfg), "num_examples": len(examples), "num_units": len(dataset),
+            "dataset_tokens": dataset.num_tokens, "world_size": dist_.world_size(),
+        }, indent=1))
 
     trainer = Trainer(model, objective, source, train_cfg, run_dir, tokenizer=tokenizer, callbacks=callbacks)
     result = trainer.train()
     out = run_dir / "model"
-    save_model_quietly(model, out)
-    tokenizer.save_pretrained(str(out))
-    write_trained_on(out, getattr(task, "name", None) or "unknown",
-                     [problem_id(e.meta) for e in examples], init=init_dir(model_arg))
     result.model_dir = str(out)
-    (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]}, indent=1))
+    trainer.save_model(out)
+    if dist_.is_main():
+        tokenizer.save_pretrained(str(out))
+        write_trained_on(out, getattr(task, "name", None) or "unknown",
+                         [problem_id(e.meta) for e in examples], init=init_dir(model_arg))
+        (run_dir / "result.json").write_text(json.dumps(result.to_json() | {"losses": result.losses[-50:]}, indent=1))
     return result

@@ -26,6 +26,17 @@ Outputs under ``run_dir``:
   to the checkpoint's step on resume, so after any number of interruptions it lists every step
   exactly once.
 
+Data parallel (started by torchrun, ``WORLD_SIZE`` > 1; :mod:`lrm_engine.train.distributed`):
+every rank draws its slice of each global micro-batch (the one a single process draws at
+``micro_batch_size x world size``); the micro-batch weights are all-reduced so each rank
+back-propagates ``w_i / W_global * loss_i``; gradients are summed over ranks (``strategy=ddp``)
+or reduce-scattered by FSDP2 (``strategy=fsdp``); the step's loss, metrics, token count and
+example list are reduced to the global step's. Rank 0 alone writes (checkpoints, data log,
+TensorBoard, progress bar, callbacks); a data-log line also says which rank consumed which
+examples (``ranks``). Checkpoints hold full weights and index-keyed optimizer state whatever the
+strategy, and the batch source's global position, so they resume on any world size with the same
+global micro-batch.
+
 Resume (``resume=True``, the default): a start finds the newest complete checkpoint, restores
 weights, optimizer, RNG, the batch source's position and the objective's state, and continues
 at the next step; the run ends at ``total_steps`` whatever the number of interruptions, and an
@@ -48,6 +59,8 @@ import torch
 
 from ..objectives.base import default_num_tokens
 from . import checkpoint as ckpt
+from . import distributed as dist_
+from .distributed import STRATEGIES
 from .schedule import CosineWithWarmup
 
 log = logging.getLogger("lrm_engine.train")
@@ -100,10 +113,20 @@ class TrainConfig:
     num_threads: int | None = None
     # Write TensorBoard event files.
     tensorboard: bool = True
+    # Data-parallel strategy under torchrun (world size > 1; one process ignores it): "ddp"
+    # (replicated weights, gradients all-reduced) or "fsdp" (FSDP2 fully_shard: parameters,
+    # gradients and optimizer state sharded over the ranks).
+    strategy: str = "ddp"
+    # Seconds a collective may wait for the other ranks before it fails (a dead peer).
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.dist_timeout_s <= 0:
+            raise ValueError("dist_timeout_s must be positive")
         for k in ("total_steps", "micro_batch_size", "grad_accum", "log_every"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k} must be positive")
@@ -111,7 +134,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a training run did (this process's part, plus where things are)."""
+    """What a training run did (this process's part, plus where things are). Under torchrun
+    losses, tokens and metrics are those of the global steps (the same on every rank)."""
 
     run_dir: str
     # Global step reached (== total_steps unless the run failed).
@@ -155,13 +179,27 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _param_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float):
+    """AdamW groups (decay: >= 2-D, no decay: 1-D) and the parameter names in optimizer order
+    (index ``i`` of the optimizer state is ``names[i]``)."""
     decay, no_decay, seen = [], [], set()
-    for _, p in params:
+    for n, p in params:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (no_decay if p.ndim < 2 else decay).append((n, p))
+    groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+              {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+    return groups, [n for n, _ in decay] + [n for n, _ in no_decay]
+
+
+def _fault_injection(rank: int, step: int) -> None:
+    """Test aid: ``LRM_TEST_EXIT_AFTER_STEP=<rank>:<step>`` makes that rank die (``os._exit``)
+    right after that step, as a killed worker would."""
+    spec = os.environ.get("LRM_TEST_EXIT_AFTER_STEP")
+    if spec:
+        r, k = (int(x) for x in spec.split(":"))
+        if r == rank and k == step:
+            os._exit(17)
 
 
 def read_data_log(run_dir: str | Path) -> list[dict]:
@@ -189,6 +227,13 @@ def _truncate_data_log(run_dir: Path, upto_step: int) -> None:
     os.replace(tmp, path)
 
 
+def join_group(cfg: TrainConfig) -> int:
+    """Join torchrun's process group when launched by it (before a run writes anything);
+    returns the world size (1 without torchrun)."""
+    dist_.init_from_env(resolve_device(cfg.device).type, cfg.dist_timeout_s)
+    return dist_.world_size()
+
+
 class Trainer:
     """The loop (see the module docstring)."""
 
@@ -202,6 +247,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
+        # True once the model is sharded by FSDP2 (strategy=fsdp, world size > 1).
+        self._fsdp = False
 
     # -- optional objective hooks, with defaults ---------------------------------------------
     def _hook(self, name: str, *args, default=None):
@@ -215,16 +262,75 @@ class Trainer:
         fn = getattr(self.objective, "num_tokens", None)
         return int(fn(batch)) if callable(fn) else default_num_tokens(batch)
 
+    def save_model(self, folder: str | Path) -> None:
+        """Rank 0 writes the trained model as a Hugging Face folder (safetensors). Under
+        ``strategy=fsdp`` every rank must call it: the full weights are gathered first."""
+        state = None
+        if self._fsdp:
+            state = dist_.full_model_state(self.model)
+        if dist_.is_main():
+            ckpt.save_model_quietly(self.model, Path(folder), state)
+
+    # -- data parallel ------------------------------------------------------------------------
+    def _shard_source(self, rank: int, world: int) -> None:
+        """Give rank ``rank`` its slice of every global micro-batch (the source, or the source
+        it wraps, has ``shard(rank, world)``)."""
+        src = self.source
+        while not callable(getattr(src, "shard", None)) and getattr(src, "source", None) is not None:
+            src = src.source
+        if not callable(getattr(src, "shard", None)):
+            raise ValueError(f"the batch source {type(src).__name__} of objective "
+                             f"{getattr(self.objective, 'name', '?')!r} cannot be split across "
+                             f"ranks; run it as one process (without torchrun)")
+        src.shard(rank, world)
+
+    def _save(self, step: int, model, optimizer, extra, names, all_metrics, fsdp: bool):
+        """Write checkpoint ``step`` (rank 0; under FSDP every rank joins the gather first)."""
+        model_sd = opt_sd = None
+        if fsdp:
+            model_sd, opt_sd = dist_.full_state_dicts(model, optimizer)
+        if not dist_.is_main():
+            return None
+        obj_state = self._hook("state_dict", default={}) or {}
+        return ckpt.save_checkpoint(
+            self.ckpt_root, step, model=model, optimizer=optimizer, extra_modules=extra,
+            tokenizer=self.tokenizer, keep_last=self.cfg.keep_last,
+            model_state_dict=model_sd, optimizer_state=opt_sd,
+            state={"data": self.source.state_dict(), "objective": obj_state,
+                   "metrics": all_metrics, "total_steps": self.cfg.total_steps,
+                   "objective_name": getattr(self.objective, "name", None),
+                   "world_size": dist_.world_size(), "strategy": self.cfg.strategy,
+                   "param_names": names})
+
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        except Exception as e:
+            if dist_.active() and dist_.is_comm_error(e):
+                detail = " ".join(str(e).split())[:160]
+                raise dist_.PeerLost(dist_.stop_message(
+                    f"lost contact with the other ranks: {detail}")) from e
+            raise
+
+    def _train(self) -> TrainResult:
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_partial(self.ckpt_root)
+        dist_.init_from_env(self.device.type, cfg.dist_timeout_s)
+        world, rank = dist_.world_size(), dist_.rank()
+        main = rank == 0
+        fsdp = world > 1 and cfg.strategy == "fsdp"
+        self.device = dist_.device_for(self.device)
+        if world > 1:
+            self._shard_source(rank, world)
         latest = ckpt.latest_checkpoint(self.ckpt_root) if cfg.resume else None
         if not cfg.resume and (ckpt.checkpoint_dirs(self.ckpt_root) or (self.run_dir / DATA_LOG).exists()):
             raise FileExistsError(f"{self.run_dir} holds an earlier run and resume=False; use a new run_dir")
+        dist_.barrier()  # every rank has looked before rank 0 changes anything
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_partial(self.ckpt_root)
 
         if latest is None:
             torch.manual_seed(cfg.seed)
@@ -233,30 +339,48 @@ class Trainer:
             _random.seed(cfg.seed)
         model = self.model.to(self.device)
         model.train()
+        dist_.broadcast_params([model])  # rank 0's starting weights everywhere (as DDP does)
         self._hook("setup", model, self.device)
         extra = self._extra_modules()
         for m in extra.values():
             m.to(self.device).train()
+        if fsdp and extra:
+            raise ValueError(f"strategy=fsdp: objective {getattr(self.objective, 'name', '?')!r} "
+                             f"trains extra modules ({', '.join(extra)}); use strategy=ddp")
         named = list(model.named_parameters()) + [
             (f"{n}.{k}", p) for n, m in extra.items() for k, p in m.named_parameters()]
-        params = [p for _, p in named if p.requires_grad]
-        optimizer = torch.optim.AdamW(_param_groups(named, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        state = None
+        if latest is not None:
+            # weights (and RNG) now, into the whole model; the optimizer once it exists
+            state = ckpt.load_checkpoint(latest, model=model, optimizer=None, extra_modules=extra)
+        dist_.broadcast_params(list(extra.values()))
+        if fsdp:
+            dist_.fully_shard_model(model, self.device)
+            self._fsdp = True
+            named = list(model.named_parameters())
+        groups, names = _param_groups(named, cfg.weight_decay)
+        params = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
         schedule = CosineWithWarmup(cfg.lr, cfg.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
 
         start = 0
         if latest is not None:
-            state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, extra_modules=extra)
+            opt_state = ckpt.load_optimizer_state(latest, state)
+            if fsdp:
+                dist_.load_full_optimizer_state(model, optimizer, opt_state, names)
+            else:
+                optimizer.load_state_dict(opt_state)
             start = int(state["step"])
             self.source.load_state_dict(state["data"])
             if state.get("objective"):
                 self._hook("load_state_dict", state["objective"])
             log.info("resumed from %s (step %d)", latest, start)
-        if (self.run_dir / DATA_LOG).exists():
+        if main and (self.run_dir / DATA_LOG).exists():
             # Steps after the checkpoint (or all steps, when a first attempt died before its
             # first checkpoint) are redone: drop their log lines.
             _truncate_data_log(self.run_dir, start)
         self.step = start
+        dist_.note_progress(start, str(latest) if latest else None)
         result = TrainResult(run_dir=str(self.run_dir), steps=start, resumed_from=start,
                              first_loss=None, final_loss=None,
                              last_checkpoint=str(latest) if latest else None)
@@ -265,20 +389,23 @@ class Trainer:
             return result
 
         writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and main:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events of steps that are about to be redone are dropped.
             writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start + 1)
         pbar = None
-        if cfg.progress:
+        if cfg.progress and main:
             from tqdm.auto import tqdm
 
             pbar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {getattr(self.objective, 'name', '')}",
                         dynamic_ncols=True)
         amp = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                if cfg.precision == "bf16" else nullcontext())
-        data_log = open(self.run_dir / DATA_LOG, "a")
+        data_log = open(self.run_dir / DATA_LOG, "a") if main else None
+        # FSDP averages gradients over ranks; the loss is already scaled to the global step.
+        grad_scale = float(world) if fsdp else 1.0
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         t_start = time.perf_counter()
         metrics: dict[str, float] = {}
         try:
@@ -286,29 +413,44 @@ class Trainer:
                 t0 = time.perf_counter()
                 micro = [self.source.next_batch() for _ in range(cfg.grad_accum)]
                 weights = [float(self._hook("loss_weight", b, default=1.0)) for b, _ in micro]
-                wsum = sum(weights) or 1.0
+                tokens = sum(self._num_tokens(b) for b, _ in micro)
+                # the weight sum of the global step (all ranks' micro-batches)
+                wsum = dist_.all_reduce_sum([sum(weights)])[0] or 1.0
                 lr = schedule.lr_at(step - 1)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 agg: dict[str, float] = {}
-                step_loss, tokens = 0.0, 0
+                step_loss = 0.0
                 for (batch, _), w in zip(micro, weights):
-                    tokens += self._num_tokens(batch)
                     batch = to_device(batch, self.device)
                     with amp:
                         loss, m = self.objective.loss(model, batch)
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         raise FloatingPointError(f"non-finite loss {lv} at step {step}")
-                    (loss * (w / wsum)).backward()
+                    (loss * (w / wsum * grad_scale)).backward()
                     step_loss += lv * w / wsum
                     for k, v in m.items():
                         agg[k] = agg.get(k, 0.0) + float(v) * w / wsum
-                if cfg.max_grad_norm > 0:
-                    gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                examples = [list(ex) for _, ex in micro]
+                if world > 1:
+                    if not fsdp:
+                        dist_.all_reduce_grads(params)
+                    step_loss, tokens = dist_.all_reduce_sum([step_loss, tokens])
+                    tokens = int(tokens)
+                    parts = dist_.all_gather_objects((agg, examples))
+                    agg = {}
+                    for a, _ in parts:
+                        for k, v in a.items():
+                            agg[k] = agg.get(k, 0.0) + v
+                    # the single-process order: micro-batch j is rank 0's slice, rank 1's, ...
+                    examples = [e for j in range(cfg.grad_accum) for _, ex in parts for e in ex[j]]
+                    rank_examples = [[e for mb in ex for e in mb] for _, ex in parts]
                 else:
-                    gn = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                    examples = [e for ex in examples for e in ex]
+                gn = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
                 optimizer.step()
                 dt = time.perf_counter() - t0
                 self.step = step
@@ -319,8 +461,12 @@ class Trainer:
                 if hasattr(self.source, "epoch"):
                     metrics["epoch"] = float(self.source.epoch)
                 obj_metrics = {k: v for k, v in agg.items()}
-                data_log.write(json.dumps({"step": step, "examples": [e for _, ex in micro for e in ex]}) + "\n")
-                data_log.flush()
+                if data_log is not None:
+                    line = {"step": step, "examples": examples}
+                    if world > 1:  # which rank consumed (for RL: generated for) which examples
+                        line["ranks"] = rank_examples
+                    data_log.write(json.dumps(line) + "\n")
+                    data_log.flush()
                 if writer is not None and step % cfg.log_every == 0:
                     for k, v in metrics.items():
                         writer.add_scalar(f"train/{k}", v, step)
@@ -333,24 +479,26 @@ class Trainer:
                     pbar.update(1)
                 all_metrics = {**metrics, **{f"objective/{k}": v for k, v in obj_metrics.items()}}
                 self._hook("on_step_end", step, model, all_metrics)
-                for cb in self.callbacks:
-                    cb(step, all_metrics)
+                if main:
+                    for cb in self.callbacks:
+                        cb(step, all_metrics)
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.total_steps:
-                    data_log.flush()
-                    os.fsync(data_log.fileno())
+                    if data_log is not None:
+                        data_log.flush()
+                        os.fsync(data_log.fileno())
                     if writer is not None:
                         writer.flush()
-                    obj_state = self._hook("state_dict", default={}) or {}
-                    path = ckpt.save_checkpoint(
-                        self.ckpt_root, step, model=model, optimizer=optimizer, extra_modules=extra,
-                        tokenizer=self.tokenizer, keep_last=cfg.keep_last,
-                        state={"data": self.source.state_dict(), "objective": obj_state,
-                               "metrics": all_metrics, "total_steps": cfg.total_steps,
-                               "objective_name": getattr(self.objective, "name", None)})
-                    result.last_checkpoint = str(path)
+                    path = self._save(step, model, optimizer, extra, names, all_metrics, fsdp)
+                    if path is not None:
+                        result.last_checkpoint = str(path)
+                    else:  # the other ranks know the name rank 0 gives it
+                        result.last_checkpoint = str(self.ckpt_root / f"step_{step}")
+                dist_.note_progress(step, result.last_checkpoint)
                 metrics = all_metrics
+                _fault_injection(rank, step)
         finally:
-            data_log.close()
+            if data_log is not None:
+                data_log.close()
             if pbar is not None:
                 pbar.close()
             if writer is not None:

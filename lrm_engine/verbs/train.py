@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
     from lrm_engine.components import Components
 
-# Settings that do not change what is trained (left out of the run-name hash).
-_CADENCE_KEYS = ("save_every", "keep_last", "log_every", "tensorboard")
+# Settings that do not change what is trained (left out of the run-name hash): cadence, and how
+# the data-parallel run is laid out (the global batch is hashed instead, see settings_hash).
+_CADENCE_KEYS = ("save_every", "keep_last", "log_every", "tensorboard", "strategy",
+                 "dist_timeout_s")
 
 
 def unavailable(cfg: DictConfig, components: Components) -> str | None:
@@ -59,13 +61,32 @@ def unavailable(cfg: DictConfig, components: Components) -> str | None:
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     import torch
 
+    from lrm_engine.cli import UsageError
+    from lrm_engine.train import distributed as dist_
+    from lrm_engine.train.trainer import join_group
+
     n = int(cfg.runtime.num_threads or 0)
     if n > 0:
         torch.set_num_threads(n)
     kind = components.objective.batch_kind
+    if dist_.env_world_size() > 1 and kind not in DATA_PARALLEL:
+        raise UsageError(f"objective={cfg.objective.name} does not run data-parallel yet "
+                         f"(its batches: {kind}; data-parallel: {', '.join(sorted(DATA_PARALLEL))}); "
+                         f"run it as one process, without torchrun", show_usage=False)
+    if kind in DATA_PARALLEL:
+        join_group(_train_config(cfg))
+    dist_.quiet_stdout_unless_main()  # one summary line per run: rank 0's
     run_dir = run_dir_for(cfg)
-    print(f"lrm train: run folder {run_dir}", file=sys.stderr)
-    return RECIPES[kind](cfg, components, run_dir)
+    if dist_.is_main():
+        print(f"lrm train: run folder {run_dir}"
+              + (f" ({dist_.world_size()} ranks)" if dist_.active() else ""), file=sys.stderr)
+    try:
+        out = RECIPES[kind](cfg, components, run_dir)
+    except dist_.PeerLost as e:
+        print(str(e), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    dist_.shutdown()
+    return out
 
 
 # --------------------------------------------------------------------------- run folder
@@ -84,6 +105,11 @@ def settings_hash(cfg: DictConfig) -> str:
     obj.pop("eval", None)
     for k in _CADENCE_KEYS:
         obj.get("train", {}).pop(k, None)
+    if "micro_batch_size" in obj.get("train", {}):
+        # the global micro-batch: N ranks at B and one process at N x B train the same thing
+        from lrm_engine.train.distributed import env_world_size
+
+        obj["train"]["micro_batch_size"] *= max(1, env_world_size())
     doc = {"objective": obj, "task": _plain(cfg.task), "seed": int(cfg.runtime.seed)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -110,6 +136,12 @@ def _train_config(cfg: DictConfig):
 
     t = _plain(cfg.objective.train)
     rt = cfg.runtime
+    from lrm_engine.cli import UsageError
+    from lrm_engine.train.distributed import STRATEGIES
+
+    if t.get("strategy", "ddp") not in STRATEGIES:
+        raise UsageError(f"objective.train.strategy={t['strategy']!r} is not a strategy; use one "
+                         f"of {', '.join(STRATEGIES)}", show_usage=False)
     return TrainConfig(**t, seed=int(rt.seed), device=resolve_device(rt.device),
                        progress=bool(rt.progress),
                        num_threads=int(rt.num_threads) if int(rt.num_threads or 0) > 0 else None)
@@ -161,14 +193,17 @@ def prm_records(cfg: DictConfig, task, run_dir: Path) -> tuple[list, dict[str, A
 
     o = cfg.objective
     if o.data == "oracle":
+        from lrm_engine.train.distributed import is_main
+
         try:
             records = oracle_prm_records(task, o.oracle.split, limit=o.num_records,
                                          noise_fraction=o.oracle.noise_fraction,
                                          noise_seed=o.oracle.noise_seed)
         except ValueError as e:
             raise UsageError(str(e), show_usage=False) from e
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_prm_jsonl(run_dir / "prm_data.oracle.jsonl", records)
+        if is_main():  # the other ranks build the same records and write nothing
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_prm_jsonl(run_dir / "prm_data.oracle.jsonl", records)
         return records, {"source": "oracle (task's exact prefix labels over noisy solutions)",
                          "records": len(records), **_plain(o.oracle)}
     path = Path(str(o.data))
@@ -270,3 +305,6 @@ from lrm_engine.verbs.train_rl import recipe_rest_mcts, recipe_rollout  # noqa: 
 RECIPES["rollout"] = recipe_rollout
 RECIPES["vine_rollout"] = recipe_rollout
 RECIPES["rest_mcts"] = recipe_rest_mcts
+
+# Batch kinds whose recipes run data-parallel under torchrun (their batch sources shard by rank).
+DATA_PARALLEL = frozenset({"sft", "prm", "pref", "step_pref", "rollout"})

@@ -71,6 +71,11 @@ class TrainLoopConfig:
     log_every: int = 1
     # Write TensorBoard event files (<run_dir>/tb).
     tensorboard: bool = True
+    # Data-parallel strategy under torchrun (more than one process; one process ignores it):
+    # ddp (replicated weights, gradients all-reduced) or fsdp (FSDP2 fully_shard).
+    strategy: str = "ddp"
+    # Seconds a collective waits for the other ranks before failing (a dead peer).
+    dist_timeout_s: float = 600.0
 
 
 @dataclass
