@@ -152,6 +152,12 @@ class PRMObjectiveConfig(ObjectiveConfig):
     # "tag": P(good) vs P(bad) at each step tag (Math-Shepherd); "likelihood": the PRM's own
     # probability of the step's least likely token (a generative PRM; same loss).
     readout: str = "tag"
+    # The model kind to train, read by the reward of the same name: prm_token (a causal LM's
+    # good/bad token rows), prm_head (two-class head, Qwen2.5-Math-PRM; cross-entropy) or
+    # value_head (sigmoid value head, ReST-MCTS*; value_loss against the labels).
+    head: str = "prm_token"
+    # head=value_head: "mse" ((sigmoid - label)^2, ReST-MCTS*) or "bce" (binary cross-entropy).
+    value_loss: str = "mse"
     # PRM data: "oracle" (task solutions with exact labels; testing only) or a TRL PRM JSONL path.
     data: str = "oracle"
     # Records to use (oracle: problems of the split; file: first valid records; null: all).
