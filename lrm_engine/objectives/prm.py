@@ -227,7 +227,7 @@ def value_loss(x: torch.Tensor, labels: torch.Tensor, kind: str = "mse", label_m
         loss = F.binary_cross_entropy_with_logits(x, y)
     with torch.no_grad():
         acc = ((v >= 0.5).float() == hard).float().mean().item()
-    return loss, {"loss": float(loss.detach()), "step_acc": acc, "p_good": float(v.mean()),
+    return loss, {"loss": float(loss.detach()), "step_acc": acc, "p_good": float(v.detach().mean()),
                   "good_frac": float(hard.mean()), "tags": float(n)}
 
 

@@ -89,8 +89,9 @@ def check_kind(model_dir, want: str, reward: str) -> dict:
     if have is not None and have != want:
         from lrm_engine.models.loading import ModelLoadError
 
-        raise ModelLoadError(f"reward={reward}: {model_dir} was trained as a {have} model ({doc['file']}); "
-                         f"use reward={have}" + (" or reward=orm" if doc.get("kind") == "orm" else ""))
+        fix = f"reward=orm reward.head={have}" if doc.get("kind") == "orm" else f"reward={have}"
+        raise ModelLoadError(f"reward={reward}: {model_dir} was trained as a {have} model "
+                             f"({doc['file']}); use {fix}")
     return doc
 
 
