@@ -102,8 +102,9 @@ def evaluate_reward(task, cfg, reward) -> dict[str, Any]:
     from lrm_builtin.tasks.processbench import flatten_metrics, format_table
 
     from lrm_engine.core.results import ResultsFile
-    from lrm_engine.rewards.given_steps import score_given_steps
+    from lrm_engine.rewards.given_steps import check_step_reward, score_given_steps
 
+    check_step_reward(reward)  # before any file is written
     items = []
     for s in task.subsets:
         keep = sample_ids([it.id for it in task.items(s)], task.limit)

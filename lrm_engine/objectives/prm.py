@@ -77,7 +77,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .base import ObjectiveBase
+
+
+class ObjectiveOptionError(UserError, ValueError):
+    """A bad objective option (printed by ``lrm`` as one line naming the field, exit 2)."""
 
 LABEL_MODES = ("hard", "soft")
 READOUTS = ("tag", "likelihood")
@@ -100,11 +105,13 @@ class PRMObjective(ObjectiveBase):
                  good_token_id: int | None = None, bad_token_id: int | None = None,
                  readout: str = "tag", head: str = "prm_token", value_loss: str = "mse"):
         if head not in HEADS:
-            raise ValueError(f"{self.name}: head must be one of {HEADS}, got {head!r}")
+            raise ObjectiveOptionError(f"objective.head={head!r}: head must be one of {', '.join(HEADS)}")
         if value_loss not in VALUE_LOSSES:
-            raise ValueError(f"{self.name}: value_loss must be one of {VALUE_LOSSES}, got {value_loss!r}")
+            raise ObjectiveOptionError(f"objective.value_loss={value_loss!r}: must be one of "
+                                       f"{', '.join(VALUE_LOSSES)}")
         if head != "prm_token" and readout != "tag":
-            raise ValueError(f"{self.name}: readout={readout!r} needs head=prm_token (a head reads the tag)")
+            raise ObjectiveOptionError(f"objective.readout={readout!r}: needs objective.head=prm_token "
+                                       f"(a {head} reads the tag); set objective.readout=tag")
         self.head, self.value_loss = head, value_loss
         if readout not in READOUTS:
             raise ValueError(f"prm: readout must be one of {READOUTS}, got {readout!r}")

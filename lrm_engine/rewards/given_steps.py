@@ -22,7 +22,12 @@ import torch
 
 from lrm_engine.core.interfaces import StepConvention
 from lrm_engine.core.tree import BatchedTree
+from lrm_engine.errors import UserError
 from lrm_engine.models.token_store import TokenArena
+
+
+class StepRewardError(UserError, ValueError):
+    """The reward cannot score given steps (printed by ``lrm`` as one line, exit 2)."""
 
 
 def reward_tokenizer(reward):
@@ -89,16 +94,21 @@ class GivenSteps:
         self._texts.pop(id(tree), None)
 
 
+def check_step_reward(reward) -> None:
+    """Refuse a reward that scores finished solutions only (``scores_steps = False``: ``orm``)."""
+    if getattr(reward, "scores_steps", True) is False:
+        raise StepRewardError(f"reward={getattr(reward, 'name', type(reward).__name__)}: scores "
+                              f"finished solutions only, not steps; pick a step reward (prm_token, "
+                              f"prm_head, value_head, judge)")
+
+
 def score_given_steps(reward, solutions: Sequence[tuple[str, Sequence[str]]], *,
                       step: StepConvention, batch_size: int = 8,
                       on_batch: Callable[[int, list[list[float]]], None] | None = None) -> list[list[float]]:
     """Per-step scores (one list per solution, one float per step; NaN where the reward gave
     none) of ``(prompt, steps)`` solutions from ``reward``, ``batch_size`` solutions per tree batch.
     ``on_batch(start, scores)`` is called after each batch (``start``: its first index)."""
-    if getattr(reward, "scores_steps", True) is False:
-        raise ValueError(f"reward {getattr(reward, 'name', type(reward).__name__)!r} scores finished "
-                         f"solutions only, not steps: pick a step reward (prm_token, prm_head, "
-                         f"value_head, judge)")
+    check_step_reward(reward)
     policy = GivenSteps(reward_tokenizer(reward), step)
     out: list[list[float]] = []
     for s in range(0, len(solutions), batch_size):

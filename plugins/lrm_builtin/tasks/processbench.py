@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from lrm_engine.config import TaskConfig
+from lrm_engine.errors import UserError
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
 from ._data import (DataError, DataNotFoundError, JsonlStats, PromptMixin, read_jsonl, require_file,
@@ -42,6 +43,10 @@ from ._data import (DataError, DataNotFoundError, JsonlStats, PromptMixin, read_
 log = logging.getLogger("lrm_engine.tasks")
 
 SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+class TaskOptionError(UserError, ValueError):
+    """A bad task option (printed by ``lrm`` as one line naming the field, exit 2)."""
 
 
 @dataclass
@@ -149,11 +154,11 @@ class ProcessBenchTask(PromptMixin):
             raise ValueError("processbench: on_missing must be 'error' or 'wrong'")
         self.predictions, self.threshold, self.on_missing, self.output = predictions, threshold, on_missing, output
         if limit is not None and limit < 1:
-            raise ValueError(f"processbench: limit={limit}: must be >= 1 or null (all samples)")
+            raise TaskOptionError(f"task.limit={limit}: must be >= 1, or null for every sample")
         if not 0.0 <= held_out < 1.0:
-            raise ValueError(f"processbench: held_out={held_out}: must be in [0, 1) (0: use threshold)")
+            raise TaskOptionError(f"task.held_out={held_out}: must be in [0, 1) (0: use task.threshold)")
         if batch_size < 1:
-            raise ValueError(f"processbench: batch_size={batch_size}: must be >= 1")
+            raise TaskOptionError(f"task.batch_size={batch_size}: must be >= 1")
         self.limit, self.held_out, self.batch_size, self.scores_file = limit, float(held_out), batch_size, scores_file
         self.prompt_style, self.prompt_template, self.system_prompt = "plain", prompt_template, ""
         self.step = StepConvention(delimiter=delimiter, answer_prefix="")
