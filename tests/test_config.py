@@ -269,3 +269,33 @@ def test_there_is_no_trainer_group_yet():
     with pytest.raises(ConfigError) as e:
         compose(["objective=sft", "trainer.strategy=fsdp"])
     assert "trainer" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,check", [
+    (["objective=prm", "objective.head=prm_head"], lambda o: (o.head, o.name) == ("prm_head", "prm")),
+    (["objective=prm", "objective.head=value_head", "objective.value_loss=bce", "objective.label_mode=soft"],
+     lambda o: (o.head, o.value_loss, o.label_mode) == ("value_head", "bce", "soft")),
+    (["objective=orm"], lambda o: (o.name, o.head, o.batch_kind, o.config_file) == ("orm", "prm_token", "orm", "orm_config.json")),
+    (["objective=orm", "objective.head=value_head", "objective.data=x.jsonl"],
+     lambda o: (o.head, o.value_loss) == ("value_head", "mse")),
+])
+def test_prm_heads_and_orm_options_build(overrides, check):
+    """The head / value_loss options of objective=prm and the orm objective compose and build."""
+    obj = build(compose(overrides)).objective
+    assert check(obj)
+
+
+def test_bad_head_is_refused_naming_the_field():
+    with pytest.raises(Exception, match="head must be one of"):
+        build(compose(["objective=prm", "objective.head=pairwise"]))
+
+
+def test_processbench_reward_options_build(tmp_path):
+    task = build(compose(["task=processbench", "task.limit=5", "task.held_out=0", "task.batch_size=2",
+                          f"task.scores_file={tmp_path}/s.jsonl"])).task
+    assert (task.limit, task.held_out, task.batch_size) == (5, 0.0, 2)
+    assert task.scores_file == f"{tmp_path}/s.jsonl"
+    default = build(compose(["task=processbench"])).task
+    assert (default.limit, default.held_out, default.scores_file) == (None, 0.25, None)
+    with pytest.raises(Exception, match="held_out"):
+        build(compose(["task=processbench", "task.held_out=1.5"]))

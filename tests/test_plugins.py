@@ -334,3 +334,12 @@ def test_import_is_light():
             "assert 'torch' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_lrm_plugins_lists_orm_as_an_objective():
+    r = run_lrm("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert "orm" in doc["registries"]["objective"] and "orm" in doc["registries"]["reward"]
+    plugins = {p["name"]: p for p in doc["plugins"]}
+    assert "orm" in plugins["builtin.objectives"]["registers"]["objective"]

@@ -1,4 +1,5 @@
-"""``prm``: token-level process reward model loss (Math-Shepherd), for a ``prm_token`` PRM.
+"""``prm``: process reward model losses at step tags — token-level (Math-Shepherd, a
+``prm_token`` PRM), or a classification / value head (``prm_head``, ``value_head``; see Heads).
 
 The PRM is a causal LM. After every step of a solution comes the step tag (the task's step
 delimiter, ``"\\n"`` by default); at each tag position the model's LM head is read at two rows
@@ -50,6 +51,23 @@ labels), and teaching the model that their correct arithmetic is unlikely would 
 (language-model training on what the labels call good), a bad-labelled one lowers it; the
 ``prm_token`` reward with ``readout=likelihood`` reads the same quantity at search time.
 
+Heads (``head``). ``"prm_token"`` is all of the above (a causal LM read at two token rows).
+The other two train a token-classification model (``LlamaForTokenClassification``: the
+decoder's final hidden state at each tag through a linear ``score`` head, the layout the
+``prm_head`` / ``value_head`` rewards read):
+
+- ``"prm_head"`` (Qwen2.5-Math-PRM): two classes, class 1 = good step (the reward's default
+  ``positive_class``); ``z = score(h_tag)`` is ``[|S|, 2]`` = (z_bad, z_good) and the loss is the
+  same two-class cross-entropy as above with ``p_good = softmax(z)[1]`` — Qwen2.5-Math-PRM is
+  trained with cross-entropy on hard step labels at its step-separator token (label_mode=hard).
+- ``"value_head"`` (ReST-MCTS*'s value model V_theta, also rStar's): one output,
+  ``v = sigmoid(score(h_tag))``, and by default (``value_loss="mse"``, ReST-MCTS*'s loss)
+
+      loss = (1 / |S|) * sum_{(b,t) in S} (v - y)^2
+
+  against the target ``y`` (``label_mode="soft"`` for soft value targets such as Monte-Carlo
+  estimates; ``"hard"`` thresholds them); ``value_loss="bce"`` is ``-[y log v + (1-y) log(1-v)]``.
+
 Metrics: ``loss``, ``step_acc`` (``p_good >= 0.5`` agrees with ``label >= hard_threshold``),
 ``p_good`` (mean), ``good_frac`` (share of tags labelled good), ``tags`` (``|S|``).
 """
@@ -59,10 +77,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .base import ObjectiveBase
+
+
+class ObjectiveOptionError(UserError, ValueError):
+    """A bad objective option (printed by ``lrm`` as one line naming the field, exit 2)."""
 
 LABEL_MODES = ("hard", "soft")
 READOUTS = ("tag", "likelihood")
+# Model kinds the objective trains (the reward that reads each has the same name).
+HEADS = ("prm_token", "prm_head", "value_head")
+VALUE_LOSSES = ("mse", "bce")
+# Output count of each head's linear layer (prm_token reads two rows of the LM head instead).
+HEAD_OUTPUTS = {"prm_head": 2, "value_head": 1}
 
 
 class PRMObjective(ObjectiveBase):
@@ -75,7 +103,16 @@ class PRMObjective(ObjectiveBase):
     def __init__(self, good_token: str = "+", bad_token: str = "-", label_mode: str = "hard",
                  hard_threshold: float = 0.5, full_logits: bool = False,
                  good_token_id: int | None = None, bad_token_id: int | None = None,
-                 readout: str = "tag"):
+                 readout: str = "tag", head: str = "prm_token", value_loss: str = "mse"):
+        if head not in HEADS:
+            raise ObjectiveOptionError(f"objective.head={head!r}: head must be one of {', '.join(HEADS)}")
+        if value_loss not in VALUE_LOSSES:
+            raise ObjectiveOptionError(f"objective.value_loss={value_loss!r}: must be one of "
+                                       f"{', '.join(VALUE_LOSSES)}")
+        if head != "prm_token" and readout != "tag":
+            raise ObjectiveOptionError(f"objective.readout={readout!r}: needs objective.head=prm_token "
+                                       f"(a {head} reads the tag); set objective.readout=tag")
+        self.head, self.value_loss = head, value_loss
         if readout not in READOUTS:
             raise ValueError(f"prm: readout must be one of {READOUTS}, got {readout!r}")
         self.readout = readout
@@ -96,9 +133,12 @@ class PRMObjective(ObjectiveBase):
 
     # -- tokens ---------------------------------------------------------------------------
     def resolve_tokens(self, tokenizer) -> tuple[int, int]:
-        """Set (and return) the good/bad token ids from the tokenizer; each must be one token."""
+        """Set (and return) the good/bad token ids from the tokenizer; each must be one token
+        (a head model reads no token rows: returns None)."""
         from ..tokenization import single_token_id
 
+        if self.head != "prm_token":
+            return None
         self.good_token_id = single_token_id(tokenizer, self.good_token)
         self.bad_token_id = single_token_id(tokenizer, self.bad_token)
         if self.good_token_id == self.bad_token_id:
@@ -120,6 +160,11 @@ class PRMObjective(ObjectiveBase):
 
     def loss(self, model, batch):
         y = batch["step_labels"][batch["tag_mask"]].float()
+        if self.head != "prm_token":
+            z = head_logits(model, batch["input_ids"], batch.get("attention_mask"), batch["tag_mask"])
+            if self.head == "prm_head":
+                return prm_loss(z[:, [1, 0]], y, self.label_mode, self.hard_threshold)
+            return value_loss(z[:, 0], y, self.value_loss, self.label_mode, self.hard_threshold)
         if self.readout == "likelihood":
             x = step_min_logprob(model, batch["input_ids"], batch.get("attention_mask"),
                                  batch["step_of_token"], int(batch["tag_mask"].sum()))
@@ -135,6 +180,62 @@ class PRMObjective(ObjectiveBase):
 
     def state_dict(self) -> dict:
         return {"good_token_id": self.good_token_id, "bad_token_id": self.bad_token_id}
+
+    @torch.no_grad()
+    def tag_scores(self, model, batch) -> torch.Tensor:
+        """``[|S|]`` P(good) at the tags, row-major: what the reward of the same kind reads."""
+        if self.head == "prm_head":
+            z = head_logits(model, batch["input_ids"], batch["attention_mask"], batch["tag_mask"])
+            return torch.softmax(z, dim=-1)[:, 1]
+        if self.head == "value_head":
+            z = head_logits(model, batch["input_ids"], batch["attention_mask"], batch["tag_mask"])
+            return torch.sigmoid(z[:, 0])
+        if self.readout == "likelihood":
+            return step_min_logprob(model, batch["input_ids"], batch["attention_mask"],
+                                    batch["step_of_token"], batch["num_tags"]).exp()
+        return torch.softmax(self.tag_logits(model, batch), dim=-1)[:, 0]
+
+
+def head_logits(model, input_ids, attention_mask, tag_mask) -> torch.Tensor:
+    """``[P, C]`` float32: a token-classification model's head (its ``score`` Linear, after any
+    pre-layers) on the decoder's last hidden states at the ``tag_mask`` positions — only P rows
+    go through the head, and no dropout, exactly what the ``prm_head`` / ``value_head`` rewards
+    compute at search time."""
+    from ..rewards.classifier_heads import find_head
+
+    kw = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    pre, lin = find_head(model)
+    hidden = model.base_model(**kw).last_hidden_state  # [B, T, d], after the final norm
+    sel = hidden[tag_mask]
+    if pre is not None:
+        sel = pre(sel)
+    z = lin(sel).float()
+    if z.shape[0] == 0:
+        z = z + 0.0 * hidden.sum()  # keep the graph connected: a zero gradient, not None
+    return z
+
+
+def value_loss(x: torch.Tensor, labels: torch.Tensor, kind: str = "mse", label_mode: str = "hard",
+               hard_threshold: float = 0.5):
+    """``(loss, metrics)`` of a value head from ``[P]`` logits ``x`` (``v = sigmoid(x)``) and
+    ``[P]`` targets in [0, 1]: mean ``(v - y)^2`` (``"mse"``) or BCE (``"bce"``)."""
+    n = int(x.shape[0])
+    if n == 0:
+        return x.sum() * 0.0, {"loss": 0.0, "step_acc": 0.0, "p_good": 0.0, "good_frac": 0.0, "tags": 0.0}
+    x = x.float()
+    hard = (labels >= hard_threshold).float()
+    y = hard if label_mode == "hard" else labels.float()
+    v = torch.sigmoid(x)
+    if kind == "mse":
+        loss = ((v - y) ** 2).mean()
+    else:
+        loss = F.binary_cross_entropy_with_logits(x, y)
+    with torch.no_grad():
+        acc = ((v >= 0.5).float() == hard).float().mean().item()
+    return loss, {"loss": float(loss.detach()), "step_acc": acc, "p_good": float(v.detach().mean()),
+                  "good_frac": float(hard.mean()), "tags": float(n)}
 
 
 def tag_logits(model, input_ids, attention_mask, tag_mask, token_ids, *,

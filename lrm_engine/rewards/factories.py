@@ -38,9 +38,10 @@ def make_prm_token(path: str | None = None, gguf_file: str | None = None, dtype:
 
     def build(p: str):
         from lrm_engine.models.loading import load_causal_lm
-        from lrm_engine.rewards.prm_token import TokenPRM, prm_token_defaults
+        from lrm_engine.rewards.prm_token import TokenPRM, check_kind, prm_token_defaults
 
         d = prm_token_defaults(p)
+        check_kind(p, "prm_token", "prm_token")
         model, tok = load_causal_lm(p, gguf_file=gguf_file, dtype=dtype,
                                     trust_remote_code=trust_remote_code, device=device)
         return TokenPRM(model, tok, good_token=good_token or d["good_token"],
@@ -59,9 +60,12 @@ def make_prm_head(path: str | None = None, dtype: str = "float32", kv_budget_mb:
     def build(p: str):
         from lrm_engine.rewards.classifier_heads import TwoClassPRM
         from lrm_engine.rewards.loading import load_token_classifier
+        from lrm_engine.rewards.prm_token import check_kind
 
+        d = check_kind(p, "prm_head", "prm_head")
         model, tok = load_token_classifier(p, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
-        return TwoClassPRM(model, tok, positive_class=positive_class, step_tag=step_tag,
+        return TwoClassPRM(model, tok, positive_class=positive_class,
+                           step_tag=step_tag if step_tag is not None else d.get("step_tag"),
                            kv_budget_mb=kv_budget_mb, backend=backend)
 
     return _lazy_or_now(path, build, "prm_head reward")
@@ -75,8 +79,11 @@ def make_value_head(path: str | None = None, dtype: str = "float32", kv_budget_m
     def build(p: str):
         from lrm_engine.rewards.classifier_heads import ValueHeadPRM
         from lrm_engine.rewards.loading import load_token_classifier
+        from lrm_engine.rewards.prm_token import check_kind
 
+        d = check_kind(p, "value_head", "value_head")
         model, tok = load_token_classifier(p, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
-        return ValueHeadPRM(model, tok, step_tag=step_tag, kv_budget_mb=kv_budget_mb, backend=backend)
+        return ValueHeadPRM(model, tok, step_tag=step_tag if step_tag is not None else d.get("step_tag"),
+                            kv_budget_mb=kv_budget_mb, backend=backend)
 
     return _lazy_or_now(path, build, "value_head reward")

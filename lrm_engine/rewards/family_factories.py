@@ -15,14 +15,19 @@ from lrm_engine.rewards.factories import LazyReward, make_prm_head, make_prm_tok
 ORM_HEADS = ("prm_token", "prm_head", "value_head")
 
 
-def make_orm(path: str | None = None, head: str = "prm_token", nonterminal: float | None = None,
+def make_orm(path: str | None = None, head: str | None = None, nonterminal: float | None = None,
              gguf_file: str | None = None, dtype: str = "float32", kv_budget_mb: float = 256.0,
              good_token: str | None = None, bad_token: str | None = None, positive_class: int = 1,
              step_tag: str | None = None, trust_remote_code: bool = False, device: str = "cpu",
              backend: str = "auto"):
-    """``orm``: the ``head`` model evaluated only at the end of finished solutions."""
+    """``orm``: the ``head`` model evaluated only at the end of finished solutions.
+
+    ``head=None``: the one recorded in the folder's ``orm_config.json`` (written by ``lrm train
+    objective=orm``), else ``prm_token`` (e.g. the default PRM read at the final step only)."""
     from lrm_engine.rewards.outcome import OutcomeRM
 
+    if head is None:
+        head = orm_head(path)
     common = dict(path=path, dtype=dtype, kv_budget_mb=kv_budget_mb, step_tag=step_tag,
                   trust_remote_code=trust_remote_code, device=device, backend=backend)
     if head == "prm_token":
@@ -34,6 +39,17 @@ def make_orm(path: str | None = None, head: str = "prm_token", nonterminal: floa
     else:
         raise ValueError(f"reward.head must be one of {', '.join(ORM_HEADS)}, got {head!r}")
     return OutcomeRM(inner, nonterminal=math.nan if nonterminal is None else float(nonterminal))
+
+
+def orm_head(path: str | None) -> str:
+    """The head an ORM folder was trained with (its ``orm_config.json``), else ``prm_token``."""
+    if path is None:
+        return "prm_token"
+    from lrm_engine.rewards.prm_token import model_read_out
+
+    doc = model_read_out(path)
+    head = doc.get("head") if doc.get("kind") == "orm" else doc.get("kind")
+    return head if head in ORM_HEADS else "prm_token"
 
 
 def make_verifier(mode: str = "math", answer_prefix: str = "Answer: ", timeout: float = 5.0):

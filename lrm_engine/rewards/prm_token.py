@@ -56,13 +56,43 @@ def prm_token_defaults(model_dir=None) -> dict:
     except ImportError:
         pass
     if model_dir is not None:
-        f = Path(str(model_dir)) / "prm_config.json"
-        if f.is_file():
-            doc = json.loads(f.read_text())
-            for key in ("good_token", "bad_token", "step_tag", "readout"):
-                if isinstance(doc.get(key), str):
-                    out[key] = doc[key]
+        doc = model_read_out(model_dir)
+        for key in ("good_token", "bad_token", "step_tag", "readout"):
+            if isinstance(doc.get(key), str):
+                out[key] = doc[key]
     return out
+
+
+# What training writes into a model folder: prm_config.json (objective=prm), orm_config.json
+# (objective=orm); the first one present is the folder's read-out.
+READ_OUT_FILES = ("prm_config.json", "orm_config.json")
+
+
+def model_read_out(model_dir) -> dict:
+    """The read-out document ``lrm train`` wrote into a model folder (``kind``: prm_token,
+    prm_head, value_head or orm; ``head``, ``step_tag``, tokens ...), or {} when it has none."""
+    import json
+    from pathlib import Path
+
+    for name in READ_OUT_FILES:
+        f = Path(str(model_dir)) / name
+        if f.is_file():
+            return json.loads(f.read_text()) | {"file": name}
+    return {}
+
+
+def check_kind(model_dir, want: str, reward: str) -> dict:
+    """The folder's read-out, after checking it was trained as ``want`` (a head kind); a folder
+    with no read-out file passes (a model from elsewhere)."""
+    doc = model_read_out(model_dir)
+    have = doc.get("head", doc.get("kind")) if doc else None
+    if have is not None and have != want:
+        from lrm_engine.models.loading import ModelLoadError
+
+        fix = f"reward=orm reward.head={have}" if doc.get("kind") == "orm" else f"reward={have}"
+        raise ModelLoadError(f"reward={reward}: {model_dir} was trained as a {have} model "
+                             f"({doc['file']}); use {fix}")
+    return doc
 
 
 def single_token_id(tokenizer, text: str, what: str) -> int:

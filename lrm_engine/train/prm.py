@@ -69,22 +69,78 @@ class PRMEvalConfig:
 
 
 def write_prm_config(model_dir: str | Path, objective, tokenizer, step_tag: str) -> dict:
-    """``prm_config.json`` in a model folder: how to read step scores off this PRM."""
+    """``prm_config.json`` in a model folder (``orm_config.json`` for an ORM: the objective's
+    ``config_file``): how to read scores off this model — its kind, step tag and read-out."""
     from .prm_data import tag_token_ids
 
-    doc = {
-        "kind": "prm_token",
-        "good_token": objective.good_token, "bad_token": objective.bad_token,
-        "good_token_id": objective.good_token_id, "bad_token_id": objective.bad_token_id,
-        "step_tag": step_tag, "step_tag_ids": tag_token_ids(tokenizer, step_tag),
-        "readout": getattr(objective, "readout", "tag"),
-        "score": ("p_good = softmax([z_good, z_bad])[0] of the LM head at the last token of the "
-                  "step tag after each step" if getattr(objective, "readout", "tag") == "tag" else
-                  "p_good = min over the step's tokens (the tag excluded) of p(token | prefix)")
-        + "; sequence = <bos> prompt (step step_tag)*",
-    }
-    (Path(model_dir) / PRM_CONFIG_FILE).write_text(json.dumps(doc, indent=1))
+    head = getattr(objective, "head", "prm_token")
+    readout = getattr(objective, "readout", "tag")
+    seq = "; sequence = <bos> prompt (step step_tag)*"
+    doc = {"kind": head, "step_tag": step_tag, "step_tag_ids": tag_token_ids(tokenizer, step_tag)}
+    if head == "prm_token":
+        doc.update({
+            "good_token": objective.good_token, "bad_token": objective.bad_token,
+            "good_token_id": objective.good_token_id, "bad_token_id": objective.bad_token_id,
+            "readout": readout,
+            "score": ("p_good = softmax([z_good, z_bad])[0] of the LM head at the last token of the "
+                      "step tag after each step" if readout == "tag" else
+                      "p_good = min over the step's tokens (the tag excluded) of p(token | prefix)") + seq,
+        })
+    elif head == "prm_head":
+        doc.update({"positive_class": 1, "num_labels": 2,
+                    "score": "p_good = softmax(score(h))[1], h = the decoder's last hidden state at "
+                             "the last token of the step tag after each step" + seq})
+    else:
+        doc.update({"num_labels": 1,
+                    "score": "v = sigmoid(score(h)), h = the decoder's last hidden state at the last "
+                             "token of the step tag after each step" + seq})
+    kind = getattr(objective, "name", "prm")
+    if kind == "orm":
+        doc = {"kind": "orm", "head": head,
+               **{k: v for k, v in doc.items() if k != "kind"},
+               "where": "read at the step tag after the final step of a finished solution only"}
+    name = getattr(objective, "config_file", PRM_CONFIG_FILE)
+    (Path(model_dir) / name).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def prm_model(objective, model, tokenizer, *, model_size: str, model_seed: int, max_length: int,
+              quiet: bool = False):
+    """The model a PRM run trains: a causal LM for ``head=prm_token`` (:func:`_run_model`), else
+    a token-classification model with the head's outputs (2: ``prm_head``, 1: ``value_head``) —
+    from a folder (the decoder's weights; a new ``score`` head), an ``nn.Module`` as given, or a
+    fresh tiny Llama's architecture seeded by ``model_seed``."""
+    head = getattr(objective, "head", "prm_token")
+    if head == "prm_token" or not (model is None or isinstance(model, (str, Path))):
+        return _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
+                          max_length=max_length, quiet=quiet)
+    from ..objectives.prm import HEAD_OUTPUTS
+
+    n = HEAD_OUTPUTS[head]
+    if model is None:
+        from transformers import LlamaForTokenClassification
+
+        from ..models_tiny import tiny_llama_config
+
+        cfg = tiny_llama_config(model_size, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                max_position_embeddings=max(512, max_length))
+        cfg.num_labels = n
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model_seed)
+            out = LlamaForTokenClassification(cfg)
+        return out.train()
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: score.weight" is the point here
+    try:
+        out = AutoModelForTokenClassification.from_pretrained(str(model), num_labels=n,
+                                                              local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return out.train()
 
 
 def read_prm_config(model_dir: str | Path) -> dict:
@@ -109,15 +165,19 @@ def load_prm_token(model_dir: str | Path, device: str = "cpu"):
 @torch.no_grad()
 def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]], *,
                 good_token_id: int, bad_token_id: int, step_tag: str = "\n",
-                max_length: int = 512, batch_size: int = 64, readout: str = "tag") -> list[list[float]]:
+                max_length: int = 512, batch_size: int = 64, readout: str = "tag",
+                head: str = "prm_token") -> list[list[float]]:
     """P(good) of every step of every ``(prompt, steps)`` solution, with a full forward pass
-    (``readout``: "tag" or "likelihood", see :mod:`lrm_engine.objectives.prm`).
+    (``readout``: "tag" or "likelihood"; ``head``: prm_token, prm_head or value_head, see
+    :mod:`lrm_engine.objectives.prm`).
 
     Returns one list per solution, one score per step (steps cut by ``max_length`` get nan).
     The sequence layout is the training one (:func:`~lrm_engine.train.prm_data.tokenize_prm`).
     """
-    from ..objectives.prm import step_min_logprob, tag_logits
+    from ..objectives.prm import PRMObjective
 
+    reader = PRMObjective(readout=readout, head=head, good_token_id=good_token_id,
+                          bad_token_id=bad_token_id)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -133,14 +193,8 @@ def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]]
     for s in range(0, len(units), batch_size):
         chunk = units[s:s + batch_size]
         batch = collate_prm(chunk, pad)
-        if readout == "likelihood":
-            x = step_min_logprob(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                 batch["step_of_token"].to(device), batch["num_tags"])
-            p = x.exp().cpu().tolist()
-        else:
-            z = tag_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                           batch["tag_mask"].to(device), [good_token_id, bad_token_id])
-            p = torch.softmax(z, dim=-1)[:, 0].cpu().tolist()
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        p = reader.tag_scores(model, batch).float().cpu().tolist()
         k = 0
         for u in chunk:  # tag_mask is read row-major: units in order, tags in order
             for j in range(len(u.tag_positions)):
@@ -153,8 +207,9 @@ def score_steps(model, tokenizer, solutions: Sequence[tuple[str, Sequence[str]]]
 
 def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_token_id: int,
                          config: PRMEvalConfig | Mapping[str, Any] | None = None,
-                         max_length: int = 512, readout: str = "tag") -> dict[str, Any]:
-    """Step-level AUROC (and friends) of a ``prm_token`` PRM on held-out problems of a task.
+                         max_length: int = 512, readout: str = "tag",
+                         head: str = "prm_token") -> dict[str, Any]:
+    """Step-level AUROC (and friends) of a PRM (``head``: its kind) on held-out problems of a task.
 
     Needs a task with exact step labels and a noise injector (``noisy_solutions``,
     ``prefix_labels``, ``grade``). Labels: ``task.prefix_labels`` (step i good iff steps 0..i
@@ -166,7 +221,8 @@ def evaluate_prm_on_task(model, tokenizer, task, *, good_token_id: int, bad_toke
     pairs = [(task.prompt(s.example.problem), list(s.steps)) for s in sols]
     scores = score_steps(model, tokenizer, pairs, good_token_id=good_token_id,
                          bad_token_id=bad_token_id, step_tag=task.step.delimiter,
-                         max_length=max_length, batch_size=cfg.batch_size, readout=readout)
+                         max_length=max_length, batch_size=cfg.batch_size, readout=readout,
+                         head=head)
     labels = [task.prefix_labels(s.example, s.steps) for s in sols]
     sol_min, sol_ok = [], []
     for s, sc in zip(sols, scores):
@@ -245,8 +301,9 @@ def train_prm(
     evaluate: PRMEvalConfig | Mapping[str, Any] | None | bool = None,
     data_info: Mapping[str, Any] | None = None,
     callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = (),
+    dataset_cls: type = PRMDataset,
 ) -> TrainResult:
-    """Train a ``prm_token`` PRM on PRM records; resumable. Returns a :class:`TrainResult` with
+    """Train a PRM (``objective.head``: prm_token, prm_head, value_head) on PRM records; resumable. Returns a :class:`TrainResult` with
     ``model_dir`` set; ``result.metrics["eval"]`` holds the held-out evaluation when run.
 
     - ``records``: the PRM records (:mod:`lrm_engine.train.prm_data`).
@@ -257,6 +314,8 @@ def train_prm(
       a fresh tiny Llama of ``model_size`` seeded by ``model_seed``.
     - ``evaluate``: :class:`PRMEvalConfig` / dict (default settings when None and the task can
       be evaluated), or False to skip.
+    - ``dataset_cls``: how records become units (:class:`PRMDataset`; the ORM's keeps only the
+      final step's tag, :class:`~lrm_engine.train.orm_data.ORMDataset`).
     """
     from ..objectives.prm import PRMObjective
     run_dir = Path(run_dir)
@@ -280,12 +339,12 @@ def train_prm(
     fsdp = world > 1 and train_cfg.strategy == "fsdp"
     if fsdp:  # FSDP unshards in the root module's forward: the head read-out must go through it
         objective.full_logits = True
-    dataset = PRMDataset(records, tokenizer, step_tag=step_tag, max_length=data_cfg.max_length)
+    dataset = dataset_cls(records, tokenizer, step_tag=step_tag, max_length=data_cfg.max_length)
     source = PRMBatchSource(dataset, train_cfg.micro_batch_size, seed=train_cfg.seed,
                             shuffle=data_cfg.shuffle)
 
-    model = _run_model(model, tokenizer, model_size=model_size, model_seed=model_seed,
-                       max_length=data_cfg.max_length, quiet=not train_cfg.progress)
+    model = prm_model(objective, model, tokenizer, model_size=model_size, model_seed=model_seed,
+                      max_length=data_cfg.max_length, quiet=not train_cfg.progress)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(f"the model's vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
                          f"is smaller than the tokenizer's ({len(tokenizer)})")
@@ -300,6 +359,7 @@ def train_prm(
             "dataset_tokens": dataset.num_tokens, "step_tag": step_tag,
             "good_token": objective.good_token, "bad_token": objective.bad_token,
             "label_mode": objective.label_mode, "readout": getattr(objective, "readout", "tag"),
+            "head": getattr(objective, "head", "prm_token"),
             "data_info": dict(data_info or {}),
         }, indent=1, default=str))
 
@@ -332,7 +392,8 @@ def train_prm(
                                   bad_token_id=objective.bad_token_id,
                                   config=None if evaluate in (None, True) else evaluate,
                                   max_length=max(512, data_cfg.max_length),
-                                  readout=getattr(objective, "readout", "tag"))
+                                  readout=getattr(objective, "readout", "tag"),
+                                  head=getattr(objective, "head", "prm_token"))
         ev["model_dir"] = str(out)
         ev["steps_trained"] = result.steps
         (run_dir / "eval.json").write_text(json.dumps(ev, indent=1))

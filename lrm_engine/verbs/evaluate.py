@@ -29,7 +29,9 @@ def unavailable(cfg: DictConfig, components: Components) -> str | None:
 
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     """The task's metrics, as returned by ``task.evaluate(cfg)``."""
-    metrics = components.task.evaluate(cfg)
+    reward, task = getattr(components, "reward", None), components.task
+    by_reward = reward is not None and callable(getattr(task, "evaluate_with_reward", None))
+    metrics = task.evaluate_with_reward(cfg, reward) if by_reward else task.evaluate(cfg)
     if not isinstance(metrics, Mapping):
         raise TypeError(
             f"{type(components.task).__name__}.evaluate(cfg) must return a mapping of metrics, "

@@ -305,6 +305,7 @@ from lrm_engine.verbs.train_rl import recipe_rest_mcts, recipe_rollout  # noqa: 
 RECIPES["rollout"] = recipe_rollout
 RECIPES["vine_rollout"] = recipe_rollout
 RECIPES["rest_mcts"] = recipe_rest_mcts
+RECIPES["orm"] = lambda *a: __import__("lrm_engine.train.orm", fromlist=["x"]).recipe_orm(*a)  # outcome RM
 
 # Batch kinds whose recipes run data-parallel under torchrun (their batch sources shard by rank).
 DATA_PARALLEL = frozenset({"sft", "prm", "pref", "step_pref", "rollout"})

@@ -71,7 +71,8 @@ class ValueHeadSchema(_PRMCommon):
 class ORMSchema(_PRMCommon):
     # Registry name of the reward model.
     name: str = "orm"
-    # The head evaluated at the end of each finished solution: prm_token, prm_head or value_head.
+    # The head evaluated at the end of each finished solution: prm_token, prm_head or value_head
+    # (an `lrm train objective=orm` folder records its own in orm_config.json; a mismatch is refused).
     head: str = "prm_token"
     # Score of non-terminal steps: null = NaN (not scored; path aggregates skip them), or a
     # number such as 0.5 (neutral, enters the aggregates).

@@ -157,6 +157,12 @@ class PRMObjectiveConfig(ObjectiveConfig):
     # "tag": P(good) vs P(bad) at each step tag (Math-Shepherd); "likelihood": the PRM's own
     # probability of the step's least likely token (a generative PRM; same loss).
     readout: str = "tag"
+    # The model kind to train, read by the reward of the same name: prm_token (a causal LM's
+    # good/bad token rows), prm_head (two-class head, Qwen2.5-Math-PRM; cross-entropy) or
+    # value_head (sigmoid value head, ReST-MCTS*; value_loss against the labels).
+    head: str = "prm_token"
+    # head=value_head: "mse" ((sigmoid - label)^2, ReST-MCTS*) or "bce" (binary cross-entropy).
+    value_loss: str = "mse"
     # PRM data: "oracle" (task solutions with exact labels; testing only) or a TRL PRM JSONL path.
     data: str = "oracle"
     # Records to use (oracle: problems of the split; file: first valid records; null: all).
@@ -191,11 +197,16 @@ def _factory(name: str):
     (torch is imported on the first call, not at registration)."""
 
     def factory(**kwargs):
+        import importlib
+
         from lrm_engine.objectives import FACTORIES
 
         for k in RUN_KEYS[name]:
             kwargs.pop(k, None)
-        return FACTORIES[name](**kwargs)
+        if name in FACTORIES:
+            return FACTORIES[name](**kwargs)
+        module, attr = MODULE_FACTORIES[name].split(":")
+        return getattr(importlib.import_module(module), attr)(**kwargs)
 
     factory.__name__ = f"make_{name}_objective"
     return factory
@@ -230,3 +241,54 @@ from . import rl_search as _rl_search  # noqa: E402
 
 OBJECTIVES.update(_rl_search.OBJECTIVES)
 RUN_KEYS.update(_rl_search.RUN_KEYS)
+
+
+# --------------------------------------------------------------------------- orm
+# Objectives whose factory lives in its own module (not in lrm_engine.objectives.FACTORIES).
+MODULE_FACTORIES: dict[str, str] = {"orm": "lrm_engine.objectives.orm:make_orm_objective"}
+
+
+@dataclass
+class ORMObjectiveConfig(ObjectiveConfig):
+    """``objective=orm``: an outcome reward model on graded solutions, read by ``reward=orm``."""
+
+    # Registry name of the objective.
+    name: str = "orm"
+    # The model kind: prm_token (good/bad token rows of a causal LM), prm_head (two-class head)
+    # or value_head (sigmoid head); read at the final step's tag. reward=orm reads it back from
+    # the folder's orm_config.json.
+    head: str = "prm_token"
+    # head=prm_token: label token read as "correct solution" (must be one token).
+    good_token: str = "+"
+    # head=prm_token: label token read as "wrong solution" (must be one token).
+    bad_token: str = "-"
+    # "hard": cross-entropy on label >= hard_threshold; "soft": the label as target.
+    label_mode: str = "hard"
+    # Labels at or above this count as correct (hard mode, and the accuracy metric).
+    hard_threshold: float = 0.5
+    # head=prm_token: take the two label columns of the full logits instead of the two head rows.
+    full_logits: bool = False
+    # head=value_head: "mse" ((sigmoid - label)^2) or "bce" (binary cross-entropy).
+    value_loss: str = "mse"
+    # Graded solutions: a JSONL of TRL {"prompt", "completion", "label"} records (see
+    # lrm_engine/train/orm_data.py for making one from `lrm search` results), or "oracle" (the
+    # task's noisy solutions graded by the task; testing only).
+    data: str = "oracle"
+    # Records to use (oracle: problems of the split; file: first valid records; null: all).
+    num_records: Optional[int] = 2000
+    # Settings of the oracle data (used when data is "oracle").
+    oracle: OracleDataConfig = field(default_factory=OracleDataConfig)
+    # Longest sequence in tokens (prompt + steps + tags); a solution cut by it is dropped.
+    max_length: int = 256
+    # Shuffle the records each epoch.
+    shuffle: bool = True
+    # Run folder name under <runtime.output_dir>/train/ (null: derived from the settings).
+    run_name: Optional[str] = None
+    # The ORM to train (init may point at the SFT policy's or the PRM's model folder).
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    # Training-loop knobs.
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+OBJECTIVES["orm"] = (ORMObjectiveConfig, "outcome reward model: PRM head losses at each solution's final step tag")
+RUN_KEYS["orm"] = ("data", "num_records", "oracle", "max_length", "shuffle", "run_name", "model", "train")

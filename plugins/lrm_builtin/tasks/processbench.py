@@ -13,6 +13,10 @@ Predictions (``task.predictions=<file>``): JSON Lines, one object per sample::
 With ``step_scores`` the prediction is the first step whose score is below ``threshold``
 (-1 if none), as the paper does for PRMs. Ids are the dataset's (unique across subsets).
 
+From a reward model (``lrm evaluate task=processbench reward=<prm> ...``): every step is scored
+by the reward, the threshold is chosen on a held-out share (``held_out``) or fixed
+(``threshold``), and the same table is printed (:mod:`lrm_engine.processbench_eval`).
+
 Metrics, as in the paper (in percent): for each subset, *error accuracy* = share of erroneous
 samples (label != -1) whose prediction equals the label; *correct accuracy* = share of correct
 samples (label == -1) predicted -1; *F1* = their harmonic mean (0 when both are 0). Overall:
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from lrm_engine.config import TaskConfig
+from lrm_engine.errors import UserError
 from lrm_engine.core.interfaces import Example, Problem, StepConvention
 
 from ._data import (DataError, DataNotFoundError, JsonlStats, PromptMixin, read_jsonl, require_file,
@@ -38,6 +43,10 @@ from ._data import (DataError, DataNotFoundError, JsonlStats, PromptMixin, read_
 log = logging.getLogger("lrm_engine.tasks")
 
 SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+class TaskOptionError(UserError, ValueError):
+    """A bad task option (printed by ``lrm`` as one line naming the field, exit 2)."""
 
 
 @dataclass
@@ -62,6 +71,17 @@ class ProcessBenchTaskConfig(TaskConfig):
     delimiter: str = "\n\n"
     # Prompt text for a critic model; {question} is replaced by the problem.
     prompt_template: str = "{question}\n"
+    # With a reward model: score a fixed sample of this many per subset (the ids whose sha256
+    # sorts first; null: all).
+    limit: Optional[int] = None
+    # With a reward model: share of each subset's scored samples held out to choose the
+    # threshold (swept, best mean F1 there); the table covers the rest. 0: use `threshold`.
+    held_out: float = 0.25
+    # With a reward model: solutions scored per tree batch.
+    batch_size: int = 8
+    # With a reward model: the resumable per-solution step scores (JSONL); null =
+    # <runtime.output_dir>/processbench_scores.jsonl.
+    scores_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,10 @@ class ProcessBenchTask(PromptMixin):
         output: str | None = None,
         delimiter: str = "\n\n",
         prompt_template: str = "{question}\n",
+        limit: int | None = None,
+        held_out: float = 0.25,
+        batch_size: int = 8,
+        scores_file: str | None = None,
     ):
         self.path = path
         self.subsets = tuple(subsets)
@@ -129,6 +153,13 @@ class ProcessBenchTask(PromptMixin):
         if on_missing not in ("error", "wrong"):
             raise ValueError("processbench: on_missing must be 'error' or 'wrong'")
         self.predictions, self.threshold, self.on_missing, self.output = predictions, threshold, on_missing, output
+        if limit is not None and limit < 1:
+            raise TaskOptionError(f"task.limit={limit}: must be >= 1, or null for every sample")
+        if not 0.0 <= held_out < 1.0:
+            raise TaskOptionError(f"task.held_out={held_out}: must be in [0, 1) (0: use task.threshold)")
+        if batch_size < 1:
+            raise TaskOptionError(f"task.batch_size={batch_size}: must be >= 1")
+        self.limit, self.held_out, self.batch_size, self.scores_file = limit, float(held_out), batch_size, scores_file
         self.prompt_style, self.prompt_template, self.system_prompt = "plain", prompt_template, ""
         self.step = StepConvention(delimiter=delimiter, answer_prefix="")
         self._cache: dict[str, list[ProcessBenchItem]] = {}
@@ -178,6 +209,11 @@ class ProcessBenchTask(PromptMixin):
                 reference=str(it.label),
             )
 
+    @staticmethod
+    def problem_of(it: ProcessBenchItem) -> Problem:
+        """The sample's problem (what a critic's prompt shows; the label is not in it)."""
+        return Problem(id=it.id, question=it.problem, meta={"subset": it.subset})
+
     def grade(self, example: Example, solution: str) -> bool:
         try:
             return int(solution.strip()) == int(example.reference)
@@ -212,14 +248,17 @@ class ProcessBenchTask(PromptMixin):
             out[str(rec["id"])] = int(p)
         return out
 
-    def metrics(self, predictions: Mapping[str, int]) -> dict[str, Any]:
-        """Per-subset and overall metrics of ``{id: predicted index}``."""
+    def metrics(self, predictions: Mapping[str, int], only: set[str] | None = None) -> dict[str, Any]:
+        """Per-subset and overall metrics of ``{id: predicted index}`` (over the samples whose id
+        is in ``only`` when given)."""
         per: dict[str, Any] = {}
         pooled: list[tuple[int, int]] = []
         missing: list[str] = []
         for s in self.subsets:
             pairs = []
             for it in self.items(s):
+                if only is not None and it.id not in only:
+                    continue
                 if it.id in predictions:
                     p = predictions[it.id]
                 else:
@@ -245,6 +284,12 @@ class ProcessBenchTask(PromptMixin):
             "unknown_ids": len(unknown),
             "skipped_lines": self.skipped_lines,
         }
+
+    def evaluate_with_reward(self, cfg: Any, reward: Any) -> dict[str, float]:
+        """Predictions from a reward model's step scores (lrm_engine/processbench_eval.py)."""
+        from lrm_engine.processbench_eval import evaluate_reward
+
+        return evaluate_reward(self, cfg, reward)
 
     def evaluate(self, cfg: Any = None) -> dict[str, float]:
         """Read ``task.predictions``; print the metrics table (stderr); return flat metrics.
