@@ -258,6 +258,7 @@ GROUP_RULES: dict[tuple[str, str], Rule] = {
     ("pipeline", "prm_eval_problems"): POSITIVE,
     ("pipeline", "searches"): Rule("list", item=OneOf("greedy", "majority", "best_of_n", "beam")),
     ("pipeline", "sweep_n"): Rule("list", item=POSITIVE),
+    ("pipeline", "sweep_top_p"): Num(gt=0, le=1),
     ("pipeline", "search_batch"): POSITIVE,
 }
 
