@@ -37,3 +37,12 @@ class LocalExecutor:
                 bar.close()
         report.wall_s = round(time.perf_counter() - t0, 3)
         return report
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -20,7 +20,8 @@ How a run goes (:meth:`RayExecutor.run`):
    the sink only once it has finished, so nothing is lost or written twice. An error raised by
    the work itself (a wrong model path, a bug) is not retried: it stops the run as it would
    in-process.
-5. The actors are killed at the end; a Ray this run started is shut down.
+5. The actors are killed at the end of each run; ``close()`` shuts down a Ray this executor
+   started or joined (the connection is kept across runs, e.g. the cells of a sweep).
 """
 
 from __future__ import annotations
@@ -110,15 +111,18 @@ class RayExecutor:
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
         self.max_restarts = int(max_restarts)
+        # This executor started (or joined) Ray and shuts it down on close().
+        self.started = False
 
     # ------------------------------------------------------------------ connecting
-    def connect(self, ray: Any) -> bool:
-        """Make sure Ray is initialised; True when this call started or joined it."""
+    def connect(self, ray: Any) -> None:
+        """Make sure Ray is initialised (a Ray this process already runs is used as it is)."""
         if ray.is_initialized():
-            return False
+            return
         if self.address is None:
             ray.init(include_dashboard=False)
-            return True
+            self.started = True
+            return
         if self.address != "auto":
             why = reachable(self.address)
             if why is not None:
@@ -133,7 +137,21 @@ class RayExecutor:
             raise UserError(
                 f"executor.address={self.address}: cannot join a Ray cluster ({first}); start one "
                 f"with `ray start --head`, or use executor.address=null to start a local Ray") from None
-        return True
+        self.started = True
+
+    def close(self) -> None:
+        """Shut down the Ray this executor started or joined (one it found running stays)."""
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ running
     def run(self, work: Work, units: Sequence[Any], sink: Callable[[BatchResult], None], *,
@@ -146,7 +164,7 @@ class RayExecutor:
         queue = deque(chunks(units, batch_size))
         if not queue:
             return report
-        started = self.connect(ray)
+        self.connect(ray)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if env:
@@ -218,7 +236,5 @@ class RayExecutor:
                     ray.kill(a)
                 except Exception:  # already dead
                     pass
-            if started:
-                ray.shutdown()
         report.wall_s = round(time.perf_counter() - t0, 3)
         return report

@@ -115,15 +115,16 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     else:
         out = ResultsFile(out_dir / "prm.jsonl", fingerprint=fp, overwrite=overwrite)
     todo = [ex for ex in examples if not out.done(ex.problem.id)]
-    executor = make_executor(cfg)
-    if executor.remote:
-        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        work = AnnotateWork(type(out), build=partial(worker_parts, plain))
-    else:
-        work = AnnotateWork(type(out), parts=annotate_parts(components, annotate_context(cfg, components, s)))
     t0 = time.perf_counter()
-    report = executor.run(work, todo, lambda res: replay(out, res.items), batch_size=int(s["batch_size"]),
-                          progress=bool(cfg.runtime.get("progress", True)), desc=f"annotate {getattr(annotator, 'name', '')}".strip())
+    with make_executor(cfg) as executor:
+        if executor.remote:
+            plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            work = AnnotateWork(type(out), build=partial(worker_parts, plain))
+        else:
+            work = AnnotateWork(type(out), parts=annotate_parts(components, annotate_context(cfg, components, s)))
+        report = executor.run(work, todo, lambda res: replay(out, res.items), batch_size=int(s["batch_size"]),
+                              progress=bool(cfg.runtime.get("progress", True)),
+                              desc=f"annotate {getattr(annotator, 'name', '')}".strip())
     recs = out.records()
     counters = report.counters.get("policy", {})
     summary: dict[str, Any] = {"records": len(recs), "format": fmt}

@@ -242,10 +242,10 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         it[0] += 1
 
     progress = bool(cfg.runtime.get("progress", True)) if cfg.get("runtime") is not None else True
-    executor = make_executor(cfg)
     t0 = time.perf_counter()
-    report = executor.run(search_work(cfg, executor, SearchParts(search, ctx)), todo, sink,
-                          batch_size=int(s["batch_size"]), progress=progress, desc="search")
+    with make_executor(cfg) as executor:
+        report = executor.run(search_work(cfg, executor, SearchParts(search, ctx)), todo, sink,
+                              batch_size=int(s["batch_size"]), progress=progress, desc="search")
     wall = time.perf_counter() - t0
     records = [r for r in results.records() if str(r["id"]) in by_id]
     summary = summarize(records)
