@@ -506,6 +506,11 @@ def check_runtime(cfg: DictConfig) -> None:
         if importlib.util.find_spec("ray") is None:
             raise UserError("executor=ray: Ray is not installed; pip install 'lrm_engine[ray]' "
                             "(or pip install ray), or use executor=local")
+        from lrm_engine.executor.ray_executor import unreachable_problem
+
+        problem = unreachable_problem(executor.get("address"))
+        if problem:  # before any model is loaded
+            raise UserError(problem)
 
 
 def check_cuda(what: str) -> None:

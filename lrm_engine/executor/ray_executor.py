@@ -91,6 +91,19 @@ def reachable(address: str, timeout: float = 5.0) -> str | None:
         return str(e) or type(e).__name__
 
 
+def unreachable_problem(address: str | None) -> str | None:
+    """One line when ``host:port`` / ``ray://host:port`` accepts no connection (null and auto:
+    None; auto is resolved by Ray itself when it connects)."""
+    if address is None or address == "auto":
+        return None
+    why = reachable(address)
+    if why is None:
+        return None
+    return (f"executor.address={address}: no Ray cluster answers there ({why}); start one with "
+            f"`ray start --head` and use its address (or executor.address=auto on a node of it), "
+            f"or executor.address=null to start a local Ray")
+
+
 class RayExecutor:
     """Runs a work's batches on Ray actors (see the module doc)."""
 
@@ -123,13 +136,9 @@ class RayExecutor:
             ray.init(include_dashboard=False)
             self.started = True
             return
-        if self.address != "auto":
-            why = reachable(self.address)
-            if why is not None:
-                raise UserError(
-                    f"executor.address={self.address}: no Ray cluster answers there ({why}); start "
-                    f"one with `ray start --head` and use its address (or executor.address=auto on "
-                    f"a node of it), or executor.address=null to start a local Ray")
+        problem = unreachable_problem(self.address)
+        if problem:
+            raise UserError(problem)
         try:
             ray.init(address=self.address)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
