@@ -133,7 +133,9 @@ class RayExecutor:
         if ray.is_initialized():
             return
         if self.address is None:
-            ray.init(include_dashboard=False)
+            # "local": always a new Ray of our own; a bare ray.init() would try to join the
+            # cluster recorded in /tmp/ray (a stale one hangs for minutes).
+            ray.init(address="local", include_dashboard=False)
             self.started = True
             return
         problem = unreachable_problem(self.address)
