@@ -47,7 +47,7 @@ def _ray_down_at_the_end():
 def cluster():
     """One local Ray (2 CPUs, no dashboard) for the module's tests; started on first use."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a recorded cluster
     yield
 
 
