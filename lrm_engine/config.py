@@ -36,7 +36,7 @@ COMPONENT_GROUPS: dict[str, str] = {
     "annotate": "annotator",
 }
 # Every user-facing config group, in display order.
-GROUPS: tuple[str, ...] = tuple(COMPONENT_GROUPS) + ("kernels", "runtime", "pipeline")
+GROUPS: tuple[str, ...] = tuple(COMPONENT_GROUPS) + ("kernels", "runtime", "executor", "pipeline")
 # Schemas that YAML options refer to live under this group prefix; they are not options.
 SCHEMA_PREFIX = "schema"
 
@@ -162,6 +162,9 @@ def store_core_schemas(config_store: ConfigStore) -> None:
     Called by the plugin manager before the plugins' ``lrm_register_configs`` hooks.
     """
     config_store.store(group=schema_group("runtime"), name="default", node=RuntimeConfig)
+    from lrm_engine.executor.config import store_executor_schemas
+
+    store_executor_schemas(config_store)
     from lrm_engine.pipeline import PipelineConfig
 
     config_store.store(group=schema_group("pipeline"), name="default", node=PipelineConfig)

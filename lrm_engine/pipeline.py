@@ -16,6 +16,10 @@ with ``done.json``. A second `lrm run` therefore reuses every finished stage; ch
 reruns that stage and those after it; ``lrm run stage=<name>`` reruns one stage even if cached.
 Interrupted stages resume: training from its last checkpoint, annotation and search from their
 JSONL files.
+
+The annotate and sweep stages hand their batches to the run's executor (``executor=local`` in
+this process, ``executor=ray`` over Ray actors; lrm_engine/executor/): a remote worker builds the
+stage's models from plain settings (:class:`StageSpec`) once, and the driver writes the JSONL.
 """
 
 from __future__ import annotations
@@ -115,8 +119,12 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, task: Any, task_cfg: dict, out_root: Path, *,
                  stage: str | None = None, registries: dict | None = None, ops: Any = None,
-                 seed: int = 0, log: Callable[[str], None] | None = None):
+                 seed: int = 0, log: Callable[[str], None] | None = None, executor: Any = None):
+        from lrm_engine.executor.local import LocalExecutor
+
         self.cfg = cfg
+        # Runs the annotate and sweep stages' batches (lrm_engine/executor/; default: in-process).
+        self.executor = executor if executor is not None else LocalExecutor()
         self.stage = stage
         self.task = task
         self.task_cfg = task_cfg
@@ -226,41 +234,46 @@ class Pipeline:
                 "final_loss": res.final_loss, "steps": res.steps, "tokens_per_s": res.tokens_per_s}
 
     def _policy(self, model_dir: str):
-        from lrm_engine.models.hf_policy import HFPolicy
+        return stage_policy(self.cfg, self.task, model_dir)
 
-        return HFPolicy.from_config(model_dir, step=self.task.step,
-                                    max_step_tokens=self.cfg.max_step_tokens, kv_budget_mb=256)
+    def _ctx(self, policy, reward=None):
+        return stage_context(self.cfg, self.task, self.ops, self.seed, policy, reward)
 
-    def _ctx(self, policy, reward=None, top_p: float = 1.0):
-        from lrm_engine.core.engine import SearchContext
-        from lrm_engine.models.sampling import SamplingConfig
-
-        return SearchContext(policy=policy, reward=reward, step=self.task.step, prompt=self.task.prompt,
-                             sampling=SamplingConfig(temperature=self.cfg.temperature, top_p=top_p, seed=self.seed),
-                             ops=self.ops, aggregation=self.cfg.aggregation, max_steps=self.cfg.max_steps,
-                             seed=self.seed)
+    def _spec(self) -> StageSpec:
+        """What a remote worker needs to rebuild this run's task and contexts."""
+        return StageSpec(pipeline=asdict(self.cfg), task=self.task_cfg, seed=self.seed,
+                         kernels=str(getattr(self.ops, "name", "auto")) if self.ops is not None else None)
 
     def stage_annotate(self, d: Path) -> dict:
-        from lrm_builtin.annotators.mc_rollout import MCRolloutAnnotator
+        from functools import partial
+
         from lrm_engine.core.results import ResultsFile
+        from lrm_engine.executor.annotate_work import AnnotateWork, replay
 
         c = self.cfg
         examples = _take(self.task.examples("train"), c.annotate_problems, offset=c.sft_examples)
-        ctx = self._ctx(self._policy(self.outputs["sft"]["model_dir"]))
-        completer = None
+        sft_dir = self.outputs["sft"]["model_dir"]
+        warmup_dir = None
         if c.annotate_completer == "warmup" and self.outputs["warmup"]["steps"] > 0:
-            completer = self._ctx(self._policy(self.outputs["warmup"]["model_dir"]))
-        ann = MCRolloutAnnotator(num_rollouts=c.annotate_rollouts, temperature=c.temperature, seed=self.seed,
-                                 emit_rollouts=c.annotate_emit_rollouts)
-        recs = ann.annotate(ctx, examples, self.task.grade, ResultsFile(d / "prm.jsonl"),
-                            batch_size=c.search_batch, completer=completer)
+            warmup_dir = self.outputs["warmup"]["model_dir"]
+        out = ResultsFile(d / "prm.jsonl")
+        if self.executor.remote:
+            work = AnnotateWork(ResultsFile, build=partial(remote_annotate_parts, self._spec(), sft_dir, warmup_dir))
+        else:
+            work = AnnotateWork(ResultsFile, parts=annotate_parts(self.cfg, self.task, self.ops, self.seed,
+                                                                  sft_dir, warmup_dir))
+        todo = [ex for ex in examples if not out.done(ex.problem.id)]
+        report = self.executor.run(work, todo, lambda res: replay(out, res.items), batch_size=c.search_batch,
+                                   desc="annotate mc_rollout")
+        recs = out.records()
         steps = sum(len(r["labels"]) for r in recs)
         good = sum(sum(r["labels"]) for r in recs)
         return {"data": str(d / "prm.jsonl"), "records": len(recs), "steps": steps,
                 "rollout_records": sum(r.get("source") == "rollout" for r in recs),
-                "good_steps": int(good), "policy_tokens": ctx.counters(),
-                "completer": "policy" if completer is None else "warmup",
-                "completer_tokens": None if completer is None else completer.counters()}
+                "good_steps": int(good), "policy_tokens": report.counters.get("policy", {}),
+                "completer": "policy" if warmup_dir is None else "warmup",
+                "completer_tokens": None if warmup_dir is None else report.counters.get("completer", {}),
+                "executor": report.executor}
 
     def stage_prm(self, d: Path) -> dict:
         from lrm_engine.objectives.prm import PRMObjective
@@ -323,39 +336,32 @@ class Pipeline:
         return _score_cell("greedy", 1, recs, by_id, self.task)["accuracy"]
 
     def _make_search(self, name: str, n: int):
-        kw: dict[str, Any] = {}
-        if name in ("majority", "best_of_n"):
-            kw["n"] = n
-        if name == "beam":
-            kw.update(n=n, beam_width=min(self.cfg.beam_width, n))
-        if self.registries is not None:
-            return self.registries["search"].create(name, **kw)
-        from lrm_builtin.search.beam import BeamSearch
-        from lrm_builtin.search.greedy import GreedySearch
-        from lrm_builtin.search.sampled import BestOfNSearch, MajoritySearch
-
-        return {"greedy": GreedySearch, "majority": MajoritySearch, "best_of_n": BestOfNSearch,
-                "beam": BeamSearch}[name](**kw)
+        return make_search(name, n, self.cfg.beam_width, self.registries)
 
     def stage_sweep(self, d: Path) -> dict:
-        from lrm_engine.core.engine import run_search
+        from functools import partial
+
         from lrm_engine.core.results import ResultsFile
-        from lrm_engine.rewards.factories import make_prm_token
+        from lrm_engine.executor.search_work import SearchWork
 
         c = self.cfg
         examples, by_id = self._eval_examples()
         problems = [ex.problem for ex in examples]
         cells = [(s, n) for s in c.searches for n in c.sweep_n if not (s == "greedy" and n != min(c.sweep_n))]
         rows = []
+        sft_dir, prm_dir = self.outputs["sft"]["model_dir"], self.outputs["prm"]["model_dir"]
         for s, n in cells:
-            policy = self._policy(self.outputs["sft"]["model_dir"])
-            reward = None
-            if s in ("best_of_n", "beam"):
-                reward = make_prm_token(self.outputs["prm"]["model_dir"], kv_budget_mb=256)
-            ctx = self._ctx(policy, reward, top_p=c.sweep_top_p)
             self.log(f"[lrm run] sweep: {s}@{n} on {len(problems)} problems")
-            recs = run_search(self._make_search(s, n), ctx, problems, ResultsFile(d / f"{s}@{n}.jsonl"),
-                              batch_size=c.search_batch)
+            if self.executor.remote:
+                work = SearchWork(build=partial(remote_sweep_parts, self._spec(), sft_dir, prm_dir, s, n))
+            else:
+                work = SearchWork(parts=sweep_parts(self.cfg, self.task, self.ops, self.seed, self.registries,
+                                                    sft_dir, prm_dir, s, n))
+            results = ResultsFile(d / f"{s}@{n}.jsonl")
+            todo = [p for p in problems if not results.done(p.id)]
+            self.executor.run(work, todo, lambda res: results.append(res.items), batch_size=c.search_batch,
+                              desc=f"sweep {s}@{n}")
+            recs = results.records()
             rows.append(_score_cell(s, n, recs, by_id, self.task))
             if s == "majority":
                 rows.append(_pass_row(n, recs, by_id, self.task))
@@ -437,6 +443,109 @@ class Pipeline:
             return Path(json.loads((d / "done.json").read_text())["model_dir"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+# ---------------------------------------------------------------------- stage builders
+# One definition of how a stage builds its models, used in-process and by remote workers.
+
+
+@dataclass
+class StageSpec:
+    """The plain settings a remote worker rebuilds a stage's task and contexts from."""
+
+    # asdict(PipelineConfig).
+    pipeline: dict
+    # The task node (plain), built through the task registry.
+    task: dict
+    # runtime.seed.
+    seed: int
+    # Name of the tree-op backend (None: the context's default).
+    kernels: Optional[str] = None
+
+    def build(self) -> tuple[PipelineConfig, Any, Any]:
+        """(pipeline config, task, kernels backend) in this process."""
+        from lrm_engine.components import node_to_kwargs
+        from lrm_engine.plugin_manager import registries
+
+        name, kwargs = node_to_kwargs(dict(self.task), "task")
+        task = registries()["task"].create(name, **kwargs)
+        ops = None
+        if self.kernels is not None:
+            from lrm_engine.ops import get_backend
+
+            ops = get_backend(self.kernels, device="cpu")
+        return PipelineConfig(**self.pipeline), task, ops
+
+
+def stage_policy(cfg: PipelineConfig, task: Any, model_dir: str):
+    from lrm_engine.models.hf_policy import HFPolicy
+
+    return HFPolicy.from_config(model_dir, step=task.step, max_step_tokens=cfg.max_step_tokens,
+                                kv_budget_mb=256)
+
+
+def stage_context(cfg: PipelineConfig, task: Any, ops: Any, seed: int, policy, reward=None,
+                  top_p: float = 1.0):
+    from lrm_engine.core.engine import SearchContext
+    from lrm_engine.models.sampling import SamplingConfig
+
+    return SearchContext(policy=policy, reward=reward, step=task.step, prompt=task.prompt,
+                         sampling=SamplingConfig(temperature=cfg.temperature, top_p=top_p, seed=seed),
+                         ops=ops, aggregation=cfg.aggregation, max_steps=cfg.max_steps, seed=seed)
+
+
+def make_search(name: str, n: int, beam_width: int, registries: dict | None = None):
+    kw: dict[str, Any] = {}
+    if name in ("majority", "best_of_n"):
+        kw["n"] = n
+    if name == "beam":
+        kw.update(n=n, beam_width=min(beam_width, n))
+    if registries is not None:
+        return registries["search"].create(name, **kw)
+    from lrm_builtin.search.beam import BeamSearch
+    from lrm_builtin.search.greedy import GreedySearch
+    from lrm_builtin.search.sampled import BestOfNSearch, MajoritySearch
+
+    return {"greedy": GreedySearch, "majority": MajoritySearch, "best_of_n": BestOfNSearch,
+            "beam": BeamSearch}[name](**kw)
+
+
+def annotate_parts(cfg: PipelineConfig, task: Any, ops: Any, seed: int, sft_dir: str,
+                   warmup_dir: str | None):
+    """The annotate stage's mc_rollout annotator, policy context and (warmup) completer."""
+    from lrm_builtin.annotators.mc_rollout import MCRolloutAnnotator
+    from lrm_engine.executor.annotate_work import AnnotateParts
+
+    ctx = stage_context(cfg, task, ops, seed, stage_policy(cfg, task, sft_dir))
+    completer = None
+    if warmup_dir is not None:
+        completer = stage_context(cfg, task, ops, seed, stage_policy(cfg, task, warmup_dir))
+    ann = MCRolloutAnnotator(num_rollouts=cfg.annotate_rollouts, temperature=cfg.temperature, seed=seed,
+                             emit_rollouts=cfg.annotate_emit_rollouts)
+    return AnnotateParts(annotator=ann, ctx=ctx, grade=task.grade, completer=completer)
+
+
+def sweep_parts(cfg: PipelineConfig, task: Any, ops: Any, seed: int, registries: dict | None,
+                sft_dir: str, prm_dir: str, search: str, n: int):
+    """One sweep cell's search and context (the PRM for best_of_n and beam)."""
+    from lrm_engine.executor.search_work import SearchParts
+    from lrm_engine.rewards.factories import make_prm_token
+
+    reward = make_prm_token(prm_dir, kv_budget_mb=256) if search in ("best_of_n", "beam") else None
+    ctx = stage_context(cfg, task, ops, seed, stage_policy(cfg, task, sft_dir), reward, top_p=cfg.sweep_top_p)
+    return SearchParts(search=make_search(search, n, cfg.beam_width, registries), ctx=ctx)
+
+
+def remote_annotate_parts(spec: StageSpec, sft_dir: str, warmup_dir: str | None):
+    cfg, task, ops = spec.build()
+    return annotate_parts(cfg, task, ops, spec.seed, sft_dir, warmup_dir)
+
+
+def remote_sweep_parts(spec: StageSpec, sft_dir: str, prm_dir: str, search: str, n: int):
+    from lrm_engine.plugin_manager import registries
+
+    cfg, task, ops = spec.build()
+    return sweep_parts(cfg, task, ops, spec.seed, registries(), sft_dir, prm_dir, search, n)
 
 
 # The embedded defaults `lrm run` installs: kind (lrm_engine.default_models) -> the stage whose

@@ -260,7 +260,14 @@ GROUP_RULES: dict[tuple[str, str], Rule] = {
     ("pipeline", "sweep_n"): Rule("list", item=POSITIVE),
     ("pipeline", "sweep_top_p"): Num(gt=0, le=1),
     ("pipeline", "search_batch"): POSITIVE,
+    ("executor", "num_workers"): POSITIVE,
+    ("executor", "num_cpus"): Num(gt=0),
+    ("executor", "num_gpus"): Num(ge=0),
+    ("executor", "max_restarts"): COUNT,
 }
+
+# executor.address: null (a local Ray), auto, host:port or ray://host:port.
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}")
 
 # (group, low field, high field): in a node that has both, low <= high.
 ORDERED_PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -306,11 +313,25 @@ def problems(cfg: DictConfig) -> Iterator[str]:
         if isinstance(node, DictConfig):
             if key in COMPONENT_GROUPS:
                 yield from _unknown_keys(node, key, kind=COMPONENT_GROUPS[key])
-            elif key in ("kernels", "runtime", "pipeline"):
+            elif key in ("kernels", "runtime", "executor", "pipeline"):
                 yield from _unknown_keys(node, key, kind=None)
+            if key == "executor":
+                yield from _executor_problems(node)
             yield from _values(node, key, key)
         else:
             yield from _leaf(cfg, key, key, key)
+
+
+def _executor_problems(node: DictConfig) -> Iterator[str]:
+    """``executor.address`` must look like an address Ray can join (reachability: at run time)."""
+    if "address" not in node:
+        return
+    value = _get(node, "address")
+    if value is None or value is _UNRESOLVED:
+        return
+    if not isinstance(value, str) or RAY_ADDRESS.fullmatch(value) is None:
+        yield (f"executor.address={show(value)}: must be null (start a local Ray), auto (the "
+               f"cluster this machine joined with `ray start`), host:port or ray://host:port")
 
 
 # Fields that name a split of the selected task (checked against the task class's `splits`).
@@ -455,7 +476,8 @@ def _allowed_keys(node: DictConfig, kind: str | None) -> dict[str, None] | None:
 
 def check_runtime(cfg: DictConfig) -> None:
     """What only the machine can tell: the devices asked for exist, the output folder is
-    writable, the split fields name splits of the installed task.
+    writable, the split fields name splits of the installed task, Ray is installed for
+    ``executor=ray`` (whether its ``address`` answers is checked when the run connects).
 
     Raises :class:`~lrm_engine.errors.UserError` with one line. Called by the verbs that run
     (not by ``compose``: a config for another machine composes anywhere).
@@ -478,6 +500,18 @@ def check_runtime(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if node is not None and isinstance(node.get("device"), str) and node.device.startswith("cuda"):
             check_cuda(f"{group}.device={node.device}")
+    executor = cfg.get("executor")
+    if executor is not None and executor.get("name") == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("executor=ray: Ray is not installed; pip install 'lrm_engine[ray]' "
+                            "(or pip install ray), or use executor=local")
+        from lrm_engine.executor.ray_executor import unreachable_problem
+
+        problem = unreachable_problem(executor.get("address"))
+        if problem:  # before any model is loaded
+            raise UserError(problem)
 
 
 def check_cuda(what: str) -> None:

@@ -58,6 +58,12 @@ def test_every_option_composes_and_builds(group, option):
         return
     if group != "runtime":
         assert isinstance(node.name, str) and node.name, f"{group}/{option} has no name"
+    if group == "executor":  # where batches run, not a component: the executor object (no Ray start)
+        from lrm_engine.executor import make_executor
+
+        ex = make_executor(cfg)
+        assert ex.name == option and ex.remote == (option != "local")
+        return
     if group == "kernels":
         _check_kernels(cfg, option)
         return
@@ -124,6 +130,34 @@ def test_wrong_overrides_fail_with_the_valid_choices(override, expect):
     assert expect in str(e.value)
     assert len(str(e.value).splitlines()) == 1  # one line
     assert "schema" not in str(e.value)  # schema/* is never offered
+
+
+def test_executor_options_compose_with_their_knobs():
+    from lrm_engine.executor import make_executor
+
+    assert compose([]).executor.name == "local"  # the default: today's in-process loop
+    cfg = compose(["executor=ray", "executor.address=ray://10.0.0.7:10001", "executor.num_workers=4",
+                   "executor.num_cpus=2", "executor.num_gpus=0.5", "executor.max_restarts=0"])
+    ex = make_executor(cfg)
+    assert (ex.address, ex.num_workers, ex.num_cpus, ex.num_gpus, ex.max_restarts) == \
+        ("ray://10.0.0.7:10001", 4, 2.0, 0.5, 0)
+    assert make_executor(compose(["executor=ray", "executor.address=auto"])).address == "auto"
+    assert make_executor(compose(["executor=ray", "executor.address=127.0.0.1:6379"])).address == "127.0.0.1:6379"
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("executor.num_workers=0", "executor.num_workers=0: must be an integer >= 1"),
+    ("executor.num_cpus=0", "executor.num_cpus=0.0: must be a number > 0"),
+    ("executor.num_gpus=-1", "executor.num_gpus=-1.0: must be a number >= 0"),
+    ("executor.max_restarts=-1", "executor.max_restarts=-1: must be an integer >= 0"),
+    ("executor.address=my-cluster", "executor.address=my-cluster: must be null (start a local Ray), "
+                                    "auto (the cluster this machine joined with `ray start`), "
+                                    "host:port or ray://host:port"),
+])
+def test_wrong_executor_options_are_one_line(override, expect):
+    with pytest.raises(ConfigError) as e:
+        compose(["executor=ray", override])
+    assert str(e.value) == expect
 
 
 def test_every_schema_field_and_yaml_key_has_a_comment():

@@ -16,6 +16,10 @@ grouped writers keep a ledger ``<file>.done`` of finished problems (exactly once
 ``annotate.input_file=<jsonl>`` (annotators that have it) reads problems from a file instead of
 the task split; malformed lines are counted and skipped. The summary reloads the file with its
 format's loader and reports valid / skipped lines.
+
+``executor=ray`` hands the batches to Ray actors that build the policy and annotator from the
+composed config once each (lrm_engine/executor/); the driver replays each batch's writes on the
+output, so resume, ledger and fingerprint are those of ``executor=local`` (the default).
 """
 
 from __future__ import annotations
@@ -41,13 +45,53 @@ def unavailable(cfg: DictConfig, components: Components) -> str | None:
     return None
 
 
-def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
+def annotate_context(cfg: DictConfig, components: Components, s: Mapping[str, Any]):
+    """The SearchContext the annotator samples through (the policy given the task's steps)."""
     from lrm_engine.core.engine import SearchContext
-    from lrm_engine.core.results import ResultsFile, claim
-    from lrm_engine.fingerprint import fingerprint
+
+    task, policy = components.task, components.policy
+    if callable(getattr(policy, "configure", None)):
+        policy.configure(step=task.step)
+    return SearchContext(policy=policy, step=task.step, prompt=task.prompt,
+                         sampling=getattr(policy, "sampling", None), ops=components.kernels,
+                         max_steps=int(s["max_steps"]), seed=int(cfg.runtime.seed))
+
+
+def annotate_parts(components: Components, ctx: Any):
+    """The annotator, its context, the grader and (mc_rollout) its completer, loaded once."""
+    from lrm_engine.executor.annotate_work import AnnotateParts
+
+    annotator = components.annotator
+    completer = None
+    if getattr(annotator, "completer", None) and callable(getattr(annotator, "load_completer", None)):
+        completer = annotator.load_completer(ctx)
+    return AnnotateParts(annotator=annotator, ctx=ctx, grade=components.task.grade, completer=completer)
+
+
+def worker_parts(plain_cfg: dict[str, Any]):
+    """What a remote worker annotates with, built from the composed config (a plain dict)."""
+    from omegaconf import OmegaConf
+
+    from lrm_engine.components import build
     from lrm_engine.verbs.search import settings
 
-    task, policy, annotator = components.task, components.policy, components.annotator
+    cfg = OmegaConf.create(plain_cfg)
+    components = build(cfg)
+    return annotate_parts(components, annotate_context(cfg, components, settings(cfg, default_split="train")))
+
+
+def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
+    from functools import partial
+
+    from omegaconf import OmegaConf
+
+    from lrm_engine.core.results import ResultsFile, claim
+    from lrm_engine.executor import make_executor
+    from lrm_engine.executor.annotate_work import AnnotateWork, replay
+    from lrm_engine.fingerprint import fingerprint
+    from lrm_engine.verbs.search import executor_summary, settings
+
+    task, annotator = components.task, components.annotator
     s = settings(cfg, default_split="train")
     split = s["split"]
     input_errors: list[str] = []
@@ -58,11 +102,6 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         examples = list(task.examples(split))
     if s["limit"] is not None:
         examples = examples[: int(s["limit"])]
-    if callable(getattr(policy, "configure", None)):
-        policy.configure(step=task.step)
-    ctx = SearchContext(policy=policy, step=task.step, prompt=task.prompt,
-                        sampling=getattr(policy, "sampling", None), ops=components.kernels,
-                        max_steps=int(s["max_steps"]), seed=int(cfg.runtime.seed))
     out_dir = Path(str(cfg.runtime.output_dir))
     # The annotator picks its output: PRM (prm.jsonl), DPO (pairs.jsonl) or SFT (journey.jsonl).
     fmt = str(getattr(annotator, "output_format", "prm"))
@@ -75,23 +114,37 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         out = annotator.open_output(out_dir)
     else:
         out = ResultsFile(out_dir / "prm.jsonl", fingerprint=fp, overwrite=overwrite)
+    todo = [ex for ex in examples if not out.done(ex.problem.id)]
     t0 = time.perf_counter()
-    recs = annotator.annotate(ctx, examples, task.grade, out, batch_size=int(s["batch_size"]),
-                              progress=bool(cfg.runtime.get("progress", True)))
+    with make_executor(cfg) as executor:
+        if executor.remote:
+            plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            work = AnnotateWork(type(out), build=partial(worker_parts, plain))
+        else:
+            work = AnnotateWork(type(out), parts=annotate_parts(components, annotate_context(cfg, components, s)))
+        report = executor.run(work, todo, lambda res: replay(out, res.items), batch_size=int(s["batch_size"]),
+                              progress=bool(cfg.runtime.get("progress", True)),
+                              desc=f"annotate {getattr(annotator, 'name', '')}".strip())
+    recs = out.records()
+    counters = report.counters.get("policy", {})
     summary: dict[str, Any] = {"records": len(recs), "format": fmt}
     if fmt == "prm":
         steps = sum(len(r["labels"]) for r in recs)
         summary.update(
             steps=steps,
             positive_steps=int(sum(sum(float(x) > 0.5 for x in r["labels"]) for r in recs)),
-            tokens_per_labelled_step=(ctx.counters().get("policy_tokens_computed", 0) / steps) if steps else None,
+            tokens_per_labelled_step=(counters.get("policy_tokens_computed", 0) / steps) if steps else None,
         )
     summary.update(
-        policy_tokens=ctx.counters(),
+        policy_tokens=counters,
         wall_s=round(time.perf_counter() - t0, 2),
         output=str(out.path),
+        executor=executor_summary(report),
     )
     stats = getattr(annotator, "stats", None)
+    if stats is not None and executor.remote:  # the workers counted; the driver sums their counts
+        for k, v in report.stats.items():
+            stats[k] = stats.get(k, 0) + v
     if stats is not None:
         summary["counts"] = dict(stats)
     if input_file:

@@ -32,6 +32,7 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
+    from lrm_engine.executor import make_executor
     from lrm_engine.pipeline import Pipeline, PipelineConfig
     from lrm_engine.plugin_manager import registries
 
@@ -41,7 +42,8 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     torch.set_num_threads(threads)
     torch.manual_seed(int(rt.seed))
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    pipe = Pipeline(pc, components.task, task_cfg, Path(str(rt.output_dir)),
-                    stage=cfg.get("stage"), registries=registries(), ops=components.kernels,
-                    seed=int(rt.seed))
-    return pipe.run()
+    with make_executor(cfg) as executor:
+        pipe = Pipeline(pc, components.task, task_cfg, Path(str(rt.output_dir)),
+                        stage=cfg.get("stage"), registries=registries(), ops=components.kernels,
+                        seed=int(rt.seed), executor=executor)
+        return pipe.run()

@@ -15,7 +15,11 @@
    already there (resumable).
 4. A summary (accuracy; tokens computed and reused by the policy and by the PRM, summed over
    the records, resumed ones included) is printed and written to ``summary.json``.
-5. ``export.tree=json|html``: every record keeps its searched tree (``"tree"``: nodes with step
+5. ``executor=local`` (default) searches the batches in this process; ``executor=ray`` hands
+   them to Ray actors that build the components from the composed config once each
+   (lrm_engine/executor/); the driver alone writes results.jsonl, with the same resume and
+   fingerprint, and the records are the same (per-problem seeds).
+6. ``export.tree=json|html``: every record keeps its searched tree (``"tree"``: nodes with step
    text, PRM score, visits, the chosen path; lrm_engine/export/tree_json.py); ``html`` also
    writes one self-contained viewer of all the records' trees to ``export.path`` (default
    ``<runtime.output_dir>/trees.html``), ``json`` a list of the trees (default ``trees.json``).
@@ -157,13 +161,61 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def search_context(cfg: DictConfig, components: Components, s: Mapping[str, Any],
+                   ex: Mapping[str, Any]):
+    """The SearchContext of a search run (the policy configured with the task's step convention)."""
+    from lrm_engine.core.engine import SearchContext
+
+    task, policy = components.task, components.policy
+    # The task's step convention drives the policy's stop strings and final-answer detection.
+    if callable(getattr(policy, "configure", None)):
+        policy.configure(step=task.step)
+    elif getattr(policy, "step", None) is None:
+        policy.step = task.step
+    return SearchContext(
+        policy=policy, step=task.step, prompt=task.prompt, reward=components.reward,
+        sampling=getattr(policy, "sampling", None), ops=components.kernels,
+        aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
+        export_trees=ex["tree"] != "none", seed=int(cfg.runtime.seed),
+    )
+
+
+def worker_parts(plain_cfg: dict[str, Any]):
+    """What a remote worker searches with: the components built from the composed config (a
+    plain dict, as shipped to Ray actors) and their SearchContext."""
+    from omegaconf import OmegaConf
+
+    from lrm_engine.components import build
+    from lrm_engine.executor.search_work import SearchParts
+
+    cfg = OmegaConf.create(plain_cfg)
+    components = build(cfg)
+    return SearchParts(search=components.search,
+                       ctx=search_context(cfg, components, settings(cfg), export_settings(cfg)))
+
+
+def search_work(cfg: DictConfig, executor: Any, parts: Any):
+    """The executor's work: the driver's own parts in-process, a config to build from remotely."""
+    from functools import partial
+
+    from omegaconf import OmegaConf
+
+    from lrm_engine.executor.search_work import SearchWork
+
+    if not executor.remote:
+        return SearchWork(parts=parts)
+    return SearchWork(build=partial(worker_parts, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+
+
 def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
-    from lrm_engine.core.engine import SearchContext, run_search
+    from lrm_engine.core.engine import check_reward_fits
+    from lrm_engine.executor import make_executor
+    from lrm_engine.executor.search_work import SearchParts
     from lrm_engine.fingerprint import fingerprint
     from lrm_engine.leakage import check_models
     from lrm_engine.plugin_manager import get_plugin_manager
 
-    task, policy, reward, search = components.task, components.policy, components.reward, components.search
+    task, reward, search = components.task, components.reward, components.search
     s = settings(cfg)
     ex = export_settings(cfg)
     examples = list(task.examples(s["split"]))
@@ -172,25 +224,18 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     by_id = {str(ex.problem.id): ex for ex in examples}
     check_models(model_dirs(cfg), str(cfg.task.name) if cfg.get("task") is not None else "task",
                  s["split"], by_id)
-    # The task's step convention drives the policy's stop strings and final-answer detection.
-    if callable(getattr(policy, "configure", None)):
-        policy.configure(step=task.step)
-    elif getattr(policy, "step", None) is None:
-        policy.step = task.step
-    ctx = SearchContext(
-        policy=policy, step=task.step, prompt=task.prompt, reward=reward,
-        sampling=getattr(policy, "sampling", None), ops=components.kernels,
-        aggregation=s["aggregation"], max_steps=int(s["max_steps"]),
-        export_trees=ex["tree"] != "none", seed=int(cfg.runtime.seed),
-    )
+    ctx = search_context(cfg, components, s, ex)
+    check_reward_fits(search, reward)  # before any worker starts
     out_dir = Path(str(cfg.runtime.output_dir))
     results = GradedResults(out_dir / "results.jsonl", by_id, task, fingerprint=fingerprint(cfg, "search", {"search_run.split": s["split"]}),
                             overwrite=bool(cfg.runtime.get("overwrite", False)))
     resumed = sum(1 for i in by_id if results.done(i))
+    todo = [e.problem for e in examples if not results.done(e.problem.id)]
     pm = get_plugin_manager()
     it = [0]
 
-    def on_batch(batch):
+    def sink(res):  # the driver alone writes, each batch as it arrives
+        results.append(res.items)
         recs = results.last
         acc = sum(bool(r.get("correct")) for r in recs) / max(len(recs), 1)
         pm.hook.lrm_iteration_end(iteration=it[0], metrics={"accuracy": acc, "problems": len(recs)})
@@ -198,8 +243,9 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
 
     progress = bool(cfg.runtime.get("progress", True)) if cfg.get("runtime") is not None else True
     t0 = time.perf_counter()
-    run_search(search, ctx, [ex.problem for ex in examples], results,
-               batch_size=int(s["batch_size"]), on_batch=on_batch, progress=progress)
+    with make_executor(cfg) as executor:
+        report = executor.run(search_work(cfg, executor, SearchParts(search, ctx)), todo, sink,
+                              batch_size=int(s["batch_size"]), progress=progress, desc="search")
     wall = time.perf_counter() - t0
     records = [r for r in results.records() if str(r["id"]) in by_id]
     summary = summarize(records)
@@ -210,7 +256,8 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
         "reward": cfg.reward.name if cfg.get("reward") is not None else None,
         "resumed": resumed,
         "wall_s": round(wall, 3),
-        "timings_s": {k: round(v, 3) for k, v in ctx.timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in report.timings.items()},
+        "executor": executor_summary(report),
         "results": str(out_dir / "results.jsonl"),
     })
     trees = write_trees(records, out_dir, ex, title=f"lrm search: {summary['search']} on {summary['task']}")
@@ -220,16 +267,24 @@ def main(cfg: DictConfig, components: Components) -> Mapping[str, Any]:
     if notes:
         summary["notes"] = notes
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    where = "" if report.executor == "local" else f" on {report.executor} ({report.workers} workers, {report.restarts} restarts)"
     print(
         f"lrm search: {summary['correct']}/{summary['problems']} correct "
         f"(accuracy {summary['accuracy']:.3f}); tokens computed {summary['tokens_computed']} "
         f"(policy {summary['policy_tokens_computed']}, PRM {summary['reward_tokens_computed']}), "
         f"reused {summary['tokens_reused']} (policy {summary['policy_tokens_reused']}, "
-        f"PRM {summary['reward_tokens_reused']}); {resumed} resumed; {wall:.1f}s -> {out_dir}"
+        f"PRM {summary['reward_tokens_reused']}); {resumed} resumed; {wall:.1f}s{where} -> {out_dir}"
     )
     for note in notes:
         print(f"lrm search: note: {note}")
     return summary
+
+
+def executor_summary(report: Any) -> dict[str, Any]:
+    """Where the batches ran: executor, workers started, restarts, batches, problems."""
+    return {"name": report.executor, "workers": report.workers, "restarts": report.restarts,
+            "retried_batches": report.retried_batches, "batches": report.batches,
+            "problems": report.problems}
 
 
 def run_notes(counters: Mapping[str, int], bad_lines: int = 0) -> list[str]:
