@@ -325,3 +325,14 @@ def test_import_is_light():
             "assert 'torch' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_lrm_plugins_lists_the_issue18_searches():
+    """rstar and reflexion are built-in searches with their config options (issue 18)."""
+    r = run_lrm("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"rstar", "reflexion"} <= set(doc["registries"]["search"])
+    search = next(p for p in doc["plugins"] if p["name"] == "builtin.search")
+    assert {"rstar", "reflexion"} <= set(search["registers"]["search"])
+    assert {"search/rstar", "search/reflexion"} <= set(search["configs"])

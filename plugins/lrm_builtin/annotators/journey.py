@@ -38,6 +38,8 @@ from typing import Sequence
 
 from lrm_engine.core.interfaces import Example
 
+from lrm_builtin.search.errors import SettingError
+
 from .common import GroupedAnnotator, safe_grade, sampling_config
 from .pairs import explore
 
@@ -104,7 +106,7 @@ class JourneyAnnotator(GroupedAnnotator):
         try:
             self._reflector_prompt.format(prompt="", prefix="", step="s", tail="", k=1, n=1, back=0, mc=0.0)
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"annotate.reflector_prompt: bad template ({e}); fields: {{prompt}} {{prefix}} "
+            raise SettingError(f"annotate.reflector_prompt: bad template ({e}); fields: {{prompt}} {{prefix}} "
                              f"{{step}} {{tail}} {{k}} {{n}} {{back}} {{mc}}") from e
         self._reflector_policy = None
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lrm_builtin.search.chains import generate_chains
-from lrm_builtin.search.family_util import greedy as greedy_sampling, need_reward
+from lrm_builtin.search.errors import SettingError
+from lrm_builtin.search.family_util import greedy as greedy_sampling
 from lrm_engine.core.interfaces import SearchResult
 
 REFLECTION_TEMPLATE = (
@@ -60,9 +61,9 @@ class ReflexionSearch:
                  reflection_steps: int = 2, memory_size: int = 3, memory: str = "episode",
                  records: Optional[str] = None, greedy: bool = True, name: str = "reflexion"):
         if memory not in MEMORY_SCOPES:
-            raise ValueError(f"unknown search.memory {memory!r}; choose one of: {', '.join(MEMORY_SCOPES)}")
+            raise SettingError(f"unknown search.memory {memory!r}; choose one of: {', '.join(MEMORY_SCOPES)}")
         if max_attempts < 1 or reflection_steps < 1 or memory_size < 1:
-            raise ValueError("search.max_attempts, search.reflection_steps and search.memory_size must be >= 1")
+            raise SettingError("search.max_attempts, search.reflection_steps and search.memory_size must be >= 1")
         self.max_attempts, self.threshold = max_attempts, threshold
         self.reflection_template = reflection_template or REFLECTION_TEMPLATE
         self.attempt_template = attempt_template or ATTEMPT_TEMPLATE
@@ -72,7 +73,7 @@ class ReflexionSearch:
             try:
                 tpl.format(**keys)
             except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"search.{field}: bad template ({e}); fields: "
+                raise SettingError(f"search.{field}: bad template ({e}); fields: "
                                  + " ".join("{" + k + "}" for k in keys)) from e
         self.reflection_steps, self.memory_size, self.memory = reflection_steps, memory_size, memory
         self.records, self.greedy = records, greedy
@@ -99,7 +100,9 @@ class ReflexionSearch:
 
     # ------------------------------------------------------------------ the search
     def run(self, ctx, problems):
-        need_reward(ctx, self.name)
+        if ctx.reward is None:
+            raise SettingError("search=reflexion needs a reward model to judge its attempts: set "
+                               "reward=<name> (prm_token, prm_head, orm, ...)")
         if self.memory == "episode":
             return self._episodes(ctx, problems, [[] for _ in problems])
         if self._carried is None:

@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import torch
 
 from lrm_builtin.search.chains import generate_chains
+from lrm_builtin.search.errors import SettingError
 from lrm_builtin.search.rstar_actions import ACTIONS, DEFAULT_TEMPLATES
 from lrm_engine.core.interfaces import SearchResult
 from lrm_engine.core.rng import mix, problem_keys, uniform
@@ -53,13 +54,13 @@ from lrm_engine.core.tree import BatchedTree
 def _check_actions(actions: Sequence[str], templates: dict) -> None:
     bad = [a for a in actions if a not in ACTIONS]
     if bad or not actions or len(set(actions)) != len(actions):
-        raise ValueError(f"search.actions={list(actions)!r}: a non-empty list of distinct actions "
+        raise SettingError(f"search.actions={list(actions)!r}: a non-empty list of distinct actions "
                          f"among {', '.join(ACTIONS)}")
     if "A4" in actions and "A3" not in actions:
-        raise ValueError("search.actions: A4 (re-answer the sub-question) needs A3 in the list")
+        raise SettingError("search.actions: A4 (re-answer the sub-question) needs A3 in the list")
     unknown = sorted(set(templates) - set(ACTIONS))
     if unknown:
-        raise ValueError(f"search.templates: unknown action(s) {unknown}; keys are {', '.join(ACTIONS)}")
+        raise SettingError(f"search.templates: unknown action(s) {unknown}; keys are {', '.join(ACTIONS)}")
 
 
 @dataclasses.dataclass
@@ -92,9 +93,9 @@ class RStarSearch:
         self.actions = tuple(str(a) for a in actions)
         _check_actions(self.actions, dict(templates or {}))
         if rollouts < 1 or max_depth < 1:
-            raise ValueError("search.rollouts and search.max_depth must be >= 1")
+            raise SettingError("search.rollouts and search.max_depth must be >= 1")
         if not 0.0 <= mask_low <= mask_high <= 1.0:
-            raise ValueError(f"search.mask_low={mask_low}, search.mask_high={mask_high}: "
+            raise SettingError(f"search.mask_low={mask_low}, search.mask_high={mask_high}: "
                              f"need 0 <= mask_low <= mask_high <= 1")
         self.rollouts, self.uct_c, self.max_depth = rollouts, uct_c, max_depth
         self.discriminate, self.discriminator_path = discriminate, discriminator
