@@ -55,7 +55,8 @@ def test_rstar_golden_tree_rewards_and_choice():
        reward 1/2; nodes 2, 3 (1 visit, sum 0.5).
     3. root (3 visits): UCT A2 = 1.0 + 1.4 sqrt(ln 3) > A5 = 0.5 + 1.4 sqrt(ln 3) -> node 1, terminal:
        backed up again with reward 1/2 -> node 1 (2 visits, sum 1.5): Q = 0.75.
-    Candidates: node 1 (answer 5, Q 0.75), node 3 (answer 7, Q 0.5).
+    Candidates: node 1 (answer 5, Q 0.75), node 3 (answer 7, Q 0.5); final rewards (answer shares
+    of the 2 terminals) 1/2 each: the tie goes to the higher Q, node 1.
     """
     from lrm_builtin.search.rstar import RStarSearch
 
@@ -65,11 +66,12 @@ def test_rstar_golden_tree_rewards_and_choice():
     (r,) = out
     cands = {c["node"]: c for c in r.candidates}
     assert sorted(cands) == [1, 3]
-    assert cands[1]["answer"] == "5" and cands[1]["score"] == pytest.approx(0.75) and cands[1]["visits"] == 2
-    assert cands[3]["answer"] == "7" and cands[3]["score"] == pytest.approx(0.5) and cands[3]["visits"] == 1
+    assert cands[1]["answer"] == "5" and cands[1]["q"] == pytest.approx(0.75) and cands[1]["visits"] == 2
+    assert cands[3]["answer"] == "7" and cands[3]["q"] == pytest.approx(0.5) and cands[3]["visits"] == 1
+    assert cands[1]["score"] == pytest.approx(0.5) and cands[3]["score"] == pytest.approx(0.5)
     assert cands[3]["actions"] == ["A5", "A2"] and cands[1]["actions"] == ["A2"]
     assert cands[3]["text"] == "Rephrased question: what is P?\ns1\nAnswer: 7\n"
-    assert r.answer == "5" and r.score == pytest.approx(0.75)
+    assert r.answer == "5" and r.score == pytest.approx(0.5)
     # The action prompts the policy got: plain, rephrase suffix, continuation of the rephrasing.
     assert pol.prompts == ["Problem P\n", "Problem P\nRephrased question: ",
                            "Problem P\nRephrased question: what is P?\n"]

@@ -30,8 +30,11 @@ answer, a random step i (``mask_low`` <= i / steps < ``mask_high``, from the key
 ``(seed, problem id, node)``) masks the steps from i on; the discriminator (``discriminator``: a
 model folder, null = the same policy) completes the prefix; the trajectory is *consistent* when
 the completion's answer equals its own. The final answer is the consistent trajectory with the
-highest MCTS value Q = value_sum / visits (ties: created first); with no consistent trajectory,
-the best of all of them. All completions of a batch are one batched generation.
+highest terminal reward at the end of the search (its answer's share of all the tree's terminal
+nodes; ties: the higher MCTS value Q = value_sum / visits, then created first); with no
+consistent trajectory, the best of all of them. All completions of a batch are one batched
+generation. Candidates record ``score`` (that reward), ``q``, ``visits``, ``actions``,
+``masked_from``, ``completion_answer`` and ``consistent``.
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ class RStarSearch:
                     a = nodes[b][e].answer
                     reward[b] = answers[b][a] / max(terminals[b], 1) if a is not None else 0.0
             ctx.ops.backup(tree, end[:, None].to(torch.int32).contiguous(), reward[:, None].contiguous(), None, 1.0)
-        return self._answer(ctx, tree, nodes, problems, base, ids)
+        return self._answer(ctx, tree, nodes, answers, terminals, problems, base, ids)
 
     def _expand(self, ctx, tree, nodes, steps_of, answers, terminals, base, ids, node, act, active, it):
         """Create the children (node, act) of the active trees: one batched generation."""
@@ -242,7 +245,7 @@ class RStarSearch:
                 self._disc_policy.configure(step=ctx.step)
         return dataclasses.replace(ctx, policy=self._disc_policy, reward=None)
 
-    def _answer(self, ctx, tree, nodes, problems, base, ids):
+    def _answer(self, ctx, tree, nodes, answers, terminals, problems, base, ids):
         B = tree.batch_size
         q = tree.node_value()
         cands: list[list[dict]] = [[] for _ in range(B)]
@@ -252,7 +255,8 @@ class RStarSearch:
                 if not bool(tree.terminal[b, n]) or rec.answer is None:
                     continue
                 steps = ctx.step.split_steps(rec.traj)
-                cands[b].append({"answer": rec.answer, "score": float(q[b, n]), "text": rec.traj,
+                share = answers[b][rec.answer] / max(terminals[b], 1)
+                cands[b].append({"answer": rec.answer, "score": share, "q": float(q[b, n]), "text": rec.traj,
                                  "node": n, "visits": int(tree.visit_count[b, n]),
                                  "actions": self._actions_path(tree, b, n)})
                 if self.discriminate:
@@ -276,7 +280,7 @@ class RStarSearch:
             pool = [c for c in cands[b] if c.get("consistent")] if self.discriminate else []
             pool = pool or cands[b]
             if pool:
-                best = max(range(len(pool)), key=lambda j: (pool[j]["score"], -j))
+                best = max(range(len(pool)), key=lambda j: (pool[j]["score"], pool[j]["q"], -j))
                 c = pool[best]
                 out.append(SearchResult(id=prob.id, answer=c["answer"], solution=c["text"],
                                         score=c["score"], steps=ctx.step.split_steps(c["text"]),
