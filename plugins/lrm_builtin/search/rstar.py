@@ -35,6 +35,11 @@ nodes; ties: the higher MCTS value Q = value_sum / visits, then created first); 
 consistent trajectory, the best of all of them. All completions of a batch are one batched
 generation. Candidates record ``score`` (that reward), ``q``, ``visits``, ``actions``,
 ``masked_from``, ``completion_answer`` and ``consistent``.
+
+Compute: every action and every completion is a fresh prompted chain (its prompt is encoded
+again, as the paper's implementation does; the policy's prefix cache may reuse part of it:
+``policy_tokens_reused``). A separate discriminator model's tokens are added to the records'
+``policy_*`` counts (per problem), not to the run's policy counters.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class RStarSearch:
             raise SettingError("search.rollouts and search.max_depth must be >= 1")
         if not 0.0 <= mask_low <= mask_high <= 1.0:
             raise SettingError(f"search.mask_low={mask_low}, search.mask_high={mask_high}: "
-                             f"need 0 <= mask_low <= mask_high <= 1")
+                               f"need 0 <= mask_low <= mask_high <= 1")
         self.rollouts, self.uct_c, self.max_depth = rollouts, uct_c, max_depth
         self.discriminate, self.discriminator_path = discriminate, discriminator
         self.mask_low, self.mask_high = mask_low, mask_high
@@ -158,7 +163,7 @@ class RStarSearch:
                 if not bool(active.any()):
                     break
                 child = self._expand(ctx, tree, nodes, steps_of, answers, terminals, base, ids, node, act,
-                                     active, it)
+                                     active)
                 end = torch.where(active, child, end)
                 # Simulation: a uniformly random valid action of the new node.
                 pri = tree.children_prior[ar, child.clamp_min(0)]  # [B, A]
@@ -179,7 +184,7 @@ class RStarSearch:
             ctx.ops.backup(tree, end[:, None].to(torch.int32).contiguous(), reward[:, None].contiguous(), None, 1.0)
         return self._answer(ctx, tree, nodes, answers, terminals, problems, base, ids)
 
-    def _expand(self, ctx, tree, nodes, steps_of, answers, terminals, base, ids, node, act, active, it):
+    def _expand(self, ctx, tree, nodes, steps_of, answers, terminals, base, ids, node, act, active):
         """Create the children (node, act) of the active trees: one batched generation."""
         rows = active.nonzero().squeeze(1).tolist()
         delim = ctx.step.delimiter
