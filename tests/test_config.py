@@ -333,3 +333,34 @@ def test_processbench_reward_options_build(tmp_path):
     assert (default.limit, default.held_out, default.scores_file) == (None, 0.25, None)
     with pytest.raises(Exception, match="held_out"):
         build(compose(["task=processbench", "task.held_out=1.5"]))
+
+
+# --- rstar, reflexion, journey reflector (issue 18) -------------------------------------------
+
+
+@pytest.mark.parametrize("overrides,check", [
+    (["search=rstar", "search.actions=[A1,A3,A4]", "search.templates.A3=Q: ", "search.discriminate=false"],
+     lambda c: c.actions == ("A1", "A3", "A4") and c.templates["A3"] == "Q: " and not c.discriminate),
+    (["search=rstar", "search.rollouts=4", "search.mask_low=0.5", "search.mask_high=0.5"],
+     lambda c: c.rollouts == 4 and c.mask_low == c.mask_high == 0.5),
+    (["search=reflexion", "search.memory=task", "search.max_attempts=2", "search.memory_size=1",
+      "runtime.output_dir=/tmp/x"],
+     lambda c: c.memory == "task" and c.max_attempts == 2 and c.records == "/tmp/x/results.jsonl"),
+    (["annotate=journey", "annotate.reflector=policy", "annotate.reflector_prompt='{prompt}{step}'"],
+     lambda c: c.reflector == "policy" and c.reflector_prompt == "{prompt}{step}"),
+])
+def test_issue18_options_compose_and_build(overrides, check):
+    comps = build(compose(overrides))
+    built = comps.search if overrides[0].startswith("search=") else comps.annotator
+    assert check(built)
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("search.memory=global", "unknown search.memory 'global'; choose one of: episode, task"),
+    ("search.max_attempts=0", "search.max_attempts"),
+])
+def test_issue18_bad_values_are_user_errors(override, expect):
+    from lrm_engine.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(expect)):
+        build(compose(["search=reflexion", override]))

@@ -343,3 +343,14 @@ def test_lrm_plugins_lists_orm_as_an_objective():
     assert "orm" in doc["registries"]["objective"] and "orm" in doc["registries"]["reward"]
     plugins = {p["name"]: p for p in doc["plugins"]}
     assert "orm" in plugins["builtin.objectives"]["registers"]["objective"]
+
+
+def test_lrm_plugins_lists_the_issue18_searches():
+    """rstar and reflexion are built-in searches with their config options (issue 18)."""
+    r = run_lrm("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"rstar", "reflexion"} <= set(doc["registries"]["search"])
+    search = next(p for p in doc["plugins"] if p["name"] == "builtin.search")
+    assert {"rstar", "reflexion"} <= set(search["registers"]["search"])
+    assert {"search/rstar", "search/reflexion"} <= set(search["configs"])

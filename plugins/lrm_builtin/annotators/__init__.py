@@ -135,6 +135,12 @@ class JourneyConfig:
     max_journeys: int = 1
     # Reflection template (null: the built-in one); fields {step} {k} {n} {back} {mc}.
     reflection: Optional[str] = None
+    # Who writes the reflection line: null (the template), policy (the annotating policy) or a
+    # model folder (that model, e.g. a stronger one; policy=tree architecture).
+    reflector: Optional[str] = None
+    # Prompt of a generated reflection (null: the built-in one); fields {prompt} {prefix} {step}
+    # {tail} {k} {n} {back} {mc}.
+    reflector_prompt: Optional[str] = None
     # Sampling temperature of the candidates and rollouts.
     temperature: float = 1.0
     # Sampling seed.

@@ -1,10 +1,10 @@
 """Built-in search plugins: greedy, majority (self-consistency), best_of_n, beam, lookahead,
-dvts, mcts, tot_bfs, tot_dfs."""
+dvts, mcts, tot_bfs, tot_dfs, sr_mcts, compute_optimal, rstar, reflexion."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 from lrm_engine.hookspecs import hookimpl
 
@@ -185,6 +185,67 @@ class ComputeOptimalConfig:
     easy_choice: str = "weighted"
 
 
+def _rstar_actions() -> List[str]:
+    from lrm_builtin.search.rstar_actions import ACTIONS
+
+    return list(ACTIONS)
+
+
+def _rstar_templates() -> Dict[str, str]:
+    from lrm_builtin.search.rstar_actions import DEFAULT_TEMPLATES
+
+    return dict(DEFAULT_TEMPLATES)
+
+
+@dataclass
+class RStarConfig:
+    # Registry name of the search algorithm (rStar: MCTS over prompted actions, mutual consistency).
+    name: str = "rstar"
+    # MCTS rollouts per problem (each: UCT select, expand, random-action simulation to a terminal).
+    rollouts: int = 16
+    # Actions offered (action slots, in this order): A1 one step, A2 all remaining steps,
+    # A3 sub-question + answer, A4 re-answer the sub-question (under A3), A5 rephrase (at the root).
+    actions: List[str] = field(default_factory=_rstar_actions)
+    # Prompt suffix of each action, written after the task prompt and the trajectory (kept in it).
+    templates: Dict[str, str] = field(default_factory=_rstar_templates)
+    # UCT exploration constant c of q + c * sqrt(ln N / n).
+    uct_c: float = 1.4
+    # Most actions on one trajectory (a node this deep is terminal).
+    max_depth: int = 5
+    # Mutual-consistency discriminator on: pick among trajectories a second model agrees with.
+    discriminate: bool = True
+    # Discriminator model folder (policy=tree architecture); null = the same policy.
+    discriminator: Optional[str] = None
+    # The masked part starts at a random step i with mask_low <= i / steps < mask_high.
+    mask_low: float = 0.2
+    # Upper end of the mask position (fraction of the trajectory's steps).
+    mask_high: float = 0.8
+
+
+@dataclass
+class ReflexionConfig:
+    # Registry name of the search algorithm (Reflexion: verbal reinforcement; needs reward=<prm/orm>).
+    name: str = "reflexion"
+    # Attempts per problem (the first plus up to max_attempts - 1 after reflections).
+    max_attempts: int = 3
+    # An attempt whose aggregated reward score is below this is judged failed.
+    threshold: float = 0.5
+    # Reflection prompt with {prompt}, {question}, {solution}, {score} (null = the built-in one).
+    reflection_template: Optional[str] = None
+    # Attempt prompt with {memory} (the reflections, one per line) and {prompt} (null = built-in).
+    attempt_template: Optional[str] = None
+    # Steps the policy may write for one reflection.
+    reflection_steps: int = 2
+    # Reflections kept in the memory (the newest; older ones are dropped).
+    memory_size: int = 3
+    # Memory scope: episode (per problem) or task (carried across problems, in run order).
+    memory: str = "episode"
+    # memory=task: the results file to rebuild the memory from on resume (null: start empty).
+    records: Optional[str] = None
+    # Attempts and reflections decoded greedily (false: with the policy's sampling).
+    greedy: bool = True
+
+
 @hookimpl
 def lrm_register_search_algorithms(registry):
     from lrm_builtin.search.beam import BeamSearch
@@ -221,6 +282,15 @@ def lrm_register_search_algorithms(registry):
     registry.register("compute_optimal", ComputeOptimalSearch,
                       description="probe difficulty, spread the token budget: best-of-N easy, beam hard")
 
+    from lrm_builtin.search.reflexion import ReflexionSearch
+    from lrm_builtin.search.rstar import RStarSearch
+
+    registry.register("rstar", RStarSearch,
+                      description="rStar: MCTS over five prompted actions, self-consistency rewards, "
+                                  "mutual-consistency discriminator")
+    registry.register("reflexion", ReflexionSearch,
+                      description="Reflexion: failed attempts (by the reward) -> written reflections -> retry")
+
 
 @hookimpl
 def lrm_register_configs(config_store):
@@ -231,4 +301,6 @@ def lrm_register_configs(config_store):
                        ("tot_bfs", ToTBFSConfig), ("tot_dfs", ToTDFSConfig)):
         config_store.store(group="schema/search", name=name, node=node)
     for name, node in (("sr_mcts", SRMCTSConfig), ("compute_optimal", ComputeOptimalConfig)):
+        config_store.store(group="schema/search", name=name, node=node)
+    for name, node in (("rstar", RStarConfig), ("reflexion", ReflexionConfig)):
         config_store.store(group="schema/search", name=name, node=node)
