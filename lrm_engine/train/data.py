@@ -316,3 +316,37 @@ class SFTBatchSource(DatasetBatchSource):
     def collate(self, units):
         batch = collate_sft(units, self.dataset.pad_token_id)
         return batch, [e for u in units for e in u.examples]
+
+
+def take_examples(task, split: str, num_prompts: int | None) -> list:
+    """The first ``num_prompts`` examples of ``split`` (all when None); an empty split is an error."""
+    exs = []
+    for i, ex in enumerate(task.examples(split)):
+        if num_prompts is not None and i >= num_prompts:
+            break
+        exs.append(ex)
+    if not exs:
+        raise ValueError(f"no problems in split {split!r}")
+    return exs
+
+
+def verifier_rewards(task, reward_fn, exs, texts) -> tuple[list[float], list[float]]:
+    """(the verifier's 1/0 per completion, that plus ``reward_fn(exs, texts)`` when given)."""
+    ver = [1.0 if task.grade(ex, t) else 0.0 for ex, t in zip(exs, texts)]
+    tot = list(ver)
+    if reward_fn is not None:
+        tot = [r + float(e) for r, e in zip(tot, reward_fn(exs, texts))]
+    return ver, tot
+
+
+def pad_rows(rows, masks, pad_id: int):
+    """Right-padded [N, T] input_ids, attention_mask and completion_mask of token rows."""
+    T, N = max(len(r) for r in rows), len(rows)
+    ids = torch.full((N, T), pad_id, dtype=torch.long)
+    am = torch.zeros((N, T), dtype=torch.long)
+    cm = torch.zeros((N, T), dtype=torch.long)
+    for n, (r, m) in enumerate(zip(rows, masks)):
+        ids[n, :len(r)] = torch.tensor(r)
+        am[n, :len(r)] = 1
+        cm[n, :len(m)] = torch.tensor(m)
+    return ids, am, cm

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .data import DataOrder
+from .data import DataOrder, pad_rows, take_examples, verifier_rewards
 
 
 class GroupRolloutSource:
@@ -38,14 +38,7 @@ class GroupRolloutSource:
         if prompts_per_batch <= 0 or num_generations <= 0:
             raise ValueError("prompts_per_batch and num_generations must be positive")
         self.model, self.tokenizer, self.task = model, tokenizer, task
-        exs = []
-        for i, ex in enumerate(task.examples(split)):
-            if num_prompts is not None and i >= num_prompts:
-                break
-            exs.append(ex)
-        if not exs:
-            raise ValueError(f"no problems in split {split!r}")
-        self.examples = exs
+        self.examples = exs = take_examples(task, split, num_prompts)
         self.prompts_per_batch, self.num_generations = prompts_per_batch, num_generations
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
         self.order = DataOrder(len(exs), seed, shuffle)
@@ -137,25 +130,13 @@ class GroupRolloutSource:
             ex, p = self.examples[i], prompts[k]
             for c in comps[k]:
                 text = tok.decode([t for t in c if t != tok.eos_token_id], skip_special_tokens=True)
-                verified.append(1.0 if self.task.grade(ex, text) else 0.0)
                 exs.append(ex)
                 texts.append(text)
                 rows.append(p + c)
                 masks.append([0] * len(p) + [1] * len(c))
             offsets.append(len(rows))
-        rewards = list(verified)
-        if self.reward_fn is not None:
-            extra = self.reward_fn(exs, texts)
-            rewards = [r + float(e) for r, e in zip(rewards, extra)]
-        T = max(len(r) for r in rows)
-        N = len(rows)
-        ids = torch.full((N, T), tok.pad_token_id, dtype=torch.long)
-        am = torch.zeros((N, T), dtype=torch.long)
-        cm = torch.zeros((N, T), dtype=torch.long)
-        for n, (r, m) in enumerate(zip(rows, masks)):
-            ids[n, :len(r)] = torch.tensor(r)
-            am[n, :len(r)] = 1
-            cm[n, :len(m)] = torch.tensor(m)
+        verified, rewards = verifier_rewards(self.task, self.reward_fn, exs, texts)
+        ids, am, cm = pad_rows(rows, masks, tok.pad_token_id)
         r = torch.tensor(rewards)
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": am, "completion_mask": cm,
                                  "rewards": r, "group_offsets": torch.tensor(offsets),

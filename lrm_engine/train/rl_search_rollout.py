@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .data import DataOrder
+from .data import DataOrder, pad_rows, take_examples, verifier_rewards
 
 
 def build_search(name: str, args: Mapping[str, Any] | None = None):
@@ -72,14 +72,7 @@ class SearchRolloutSource:
         if prompts_per_batch <= 0 or max_steps <= 0:
             raise ValueError("prompts_per_batch and max_steps must be positive")
         self.model, self.tokenizer, self.task = model, tokenizer, task
-        exs = []
-        for i, ex in enumerate(task.examples(split)):
-            if num_prompts is not None and i >= num_prompts:
-                break
-            exs.append(ex)
-        if not exs:
-            raise ValueError(f"no problems in split {split!r}")
-        self.examples = exs
+        self.examples = exs = take_examples(task, split, num_prompts)
         # The search: a registry name (built here, once) or an already built search object.
         self.search_name = search if isinstance(search, str) else getattr(search, "name", type(search).__name__)
         self.search = build_search(search, search_args) if isinstance(search, str) else search
@@ -139,25 +132,14 @@ class SearchRolloutSource:
             p = tok.encode(self.task.prompt(ex.problem), add_special_tokens=True)
             for text in group:
                 c = tok.encode(text, add_special_tokens=False) + eos
-                verified.append(1.0 if self.task.grade(ex, text) else 0.0)
                 r_exs.append(ex)
                 texts.append(text)
                 rows.append(p + c)
                 masks.append([0] * len(p) + [1] * len(c))
             offsets.append(len(rows))
-        rewards = list(verified)
-        if self.reward_fn is not None:
-            rewards = [r + float(e) for r, e in zip(rewards, self.reward_fn(r_exs, texts))]
-        T = max(len(r) for r in rows)
+        verified, rewards = verifier_rewards(self.task, self.reward_fn, r_exs, texts)
         N = len(rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((N, T), pad, dtype=torch.long)
-        am = torch.zeros((N, T), dtype=torch.long)
-        cm = torch.zeros((N, T), dtype=torch.long)
-        for n, (r, m) in enumerate(zip(rows, masks)):
-            ids[n, :len(r)] = torch.tensor(r)
-            am[n, :len(r)] = 1
-            cm[n, :len(m)] = torch.tensor(m)
+        ids, am, cm = pad_rows(rows, masks, tok.pad_token_id if tok.pad_token_id is not None else 0)
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": am, "completion_mask": cm,
                                  "rewards": torch.tensor(rewards), "group_offsets": torch.tensor(offsets),
                                  "max_completion_length": self.max_new_tokens,

@@ -58,7 +58,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..objectives.tree_grpo import SHARED_WEIGHTS
-from .data import DataOrder
+from .data import DataOrder, take_examples, verifier_rewards
 
 
 def segment_advantages(parent: Sequence[int], leaf_reward: Mapping[int, float],
@@ -144,14 +144,7 @@ class TreeRolloutSource:
         if policy not in ("tree", "hf"):
             raise ValueError(f"policy must be 'tree' or 'hf', got {policy!r}")
         self.model, self.tokenizer, self.task = model, tokenizer, task
-        exs = []
-        for i, ex in enumerate(task.examples(split)):
-            if num_prompts is not None and i >= num_prompts:
-                break
-            exs.append(ex)
-        if not exs:
-            raise ValueError(f"no problems in split {split!r}")
-        self.examples = exs
+        self.examples = exs = take_examples(task, split, num_prompts)
         self.prompts_per_batch = prompts_per_batch
         self.tree_width, self.branch_factor, self.branch_depth = tree_width, branch_factor, branch_depth
         self.branch_top = int(branch_top)
@@ -235,11 +228,7 @@ class TreeRolloutSource:
         return torch.where((nodes >= 0) & torch.isfinite(s), s, torch.full_like(s, -math.inf))
 
     def _rewards(self, exs, texts) -> tuple[list[float], list[float]]:
-        ver = [1.0 if self.task.grade(ex, t) else 0.0 for ex, t in zip(exs, texts)]
-        tot = list(ver)
-        if self.reward_fn is not None:
-            tot = [r + float(e) for r, e in zip(tot, self.reward_fn(exs, texts))]
-        return ver, tot
+        return verifier_rewards(self.task, self.reward_fn, exs, texts)
 
     def next_batch(self):
         tok = self.tokenizer

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .data import DataOrder
+from .data import DataOrder, pad_rows, take_examples, verifier_rewards
 
 
 class VineRolloutSource:
@@ -46,14 +46,7 @@ class VineRolloutSource:
         if min(prompts_per_batch, num_generations, mc_rollouts, max_steps) <= 0:
             raise ValueError("prompts_per_batch, num_generations, mc_rollouts and max_steps must be positive")
         self.model, self.tokenizer, self.task = model, tokenizer, task
-        exs = []
-        for i, ex in enumerate(task.examples(split)):
-            if num_prompts is not None and i >= num_prompts:
-                break
-            exs.append(ex)
-        if not exs:
-            raise ValueError(f"no problems in split {split!r}")
-        self.examples = exs
+        self.examples = exs = take_examples(task, split, num_prompts)
         self.prompts_per_batch, self.num_generations = prompts_per_batch, num_generations
         self.mc_rollouts, self.max_steps, self.max_step_tokens = mc_rollouts, max_steps, max_step_tokens
         self.temperature, self.seed = float(temperature), seed
@@ -93,11 +86,7 @@ class VineRolloutSource:
         return front
 
     def _rewards(self, exs, texts) -> tuple[list[float], list[float]]:
-        ver = [1.0 if self.task.grade(ex, t) else 0.0 for ex, t in zip(exs, texts)]
-        tot = list(ver)
-        if self.reward_fn is not None:
-            tot = [r + float(e) for r, e in zip(tot, self.reward_fn(exs, texts))]
-        return ver, tot
+        return verifier_rewards(self.task, self.reward_fn, exs, texts)
 
     # ------------------------------------------------------------------ batches
     def next_batch(self):
@@ -183,13 +172,7 @@ class VineRolloutSource:
         T = max(len(r) for r in rows)
         N = len(rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((N, T), pad, dtype=torch.long)
-        am = torch.zeros((N, T), dtype=torch.long)
-        cm = torch.zeros((N, T), dtype=torch.long)
-        for n, (r, m) in enumerate(zip(rows, masks)):
-            ids[n, :len(r)] = torch.tensor(r)
-            am[n, :len(r)] = 1
-            cm[n, :len(m)] = torch.tensor(m)
+        ids, am, cm = pad_rows(rows, masks, pad)
         batch: dict[str, Any] = {
             "input_ids": ids, "attention_mask": am, "completion_mask": cm,
             "advantages": token_advantages(lens, advs, starts, T), "rewards": torch.tensor(rew),
